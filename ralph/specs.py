@@ -1,0 +1,228 @@
+"""Task specs: every ``*.md`` under ``specs_dir`` is one task, with optional YAML front matter.
+
+A spec that can't be read becomes an InvalidSpec whose reason names the file and what is
+wrong; it never stops the loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+
+from ralph.durations import parse_duration
+
+MAX_SPEC_BYTES = 256 * 1024
+DEFAULT_PRIORITY = 100
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+_HEADING = re.compile(r"^#[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
+
+
+def _one_or_many(value: object) -> object:
+    return [value] if isinstance(value, str) else value
+
+
+class FrontMatter(BaseModel):
+    """The keys a spec's front matter may hold; anything else is an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str | None = None
+    title: str | None = None
+    priority: int = DEFAULT_PRIORITY
+    depends_on: Annotated[list[str], BeforeValidator(_one_or_many)] = Field(default_factory=list)
+    checks: Annotated[list[str], BeforeValidator(_one_or_many)] = Field(default_factory=list)
+    max_attempts: int | None = Field(default=None, ge=1, le=100)
+    timeout: Annotated[float | None, BeforeValidator(parse_duration)] = None
+    enabled: bool = True
+    allow_empty: bool = False
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, value: str | None) -> str | None:
+        if value is not None and not _ID.match(value):
+            raise ValueError("use letters, digits and . _ / - (no spaces), starting with a letter or digit")
+        return value
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One readable task spec."""
+
+    id: str
+    title: str
+    path: str
+    body: str
+    digest: str
+    priority: int = DEFAULT_PRIORITY
+    depends_on: tuple[str, ...] = ()
+    checks: tuple[str, ...] = ()
+    max_attempts: int | None = None
+    timeout: float | None = None
+    enabled: bool = True
+    allow_empty: bool = False
+
+
+@dataclass(frozen=True)
+class InvalidSpec:
+    """A spec file that can't be used; ``reason`` says why."""
+
+    id: str
+    path: str
+    reason: str
+    digest: str = ""
+
+
+@dataclass(frozen=True)
+class SpecSet:
+    """Everything found under ``specs_dir``."""
+
+    specs: tuple[Spec, ...]
+    invalid: tuple[InvalidSpec, ...]
+
+
+class SpecError(ValueError):
+    """Raised while parsing one spec; the message is the reason shown to users."""
+
+
+def load_specs(specs_root: Path, display_prefix: str = "") -> SpecSet:
+    """Read every spec under ``specs_root``; duplicates make each copy invalid."""
+    parsed: list[Spec | InvalidSpec] = []
+    for path in sorted(_spec_files(specs_root)):
+        relative = path.relative_to(specs_root).as_posix()
+        parsed.append(read_spec(path, relative, display_prefix + relative))
+    return _reject_duplicates(parsed)
+
+
+def _spec_files(specs_root: Path) -> list[Path]:
+    files = []
+    for path in specs_root.rglob("*.md"):
+        relative = path.relative_to(specs_root)
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+            continue
+        files.append(path)
+    return files
+
+
+def default_id(relative: str) -> str:
+    """The id a spec gets from its path: the path under specs_dir without ``.md``."""
+    stem = relative.removesuffix(".md")
+    return re.sub(r"\s+", "-", stem.strip())
+
+
+def read_spec(path: Path, relative: str, display: str) -> Spec | InvalidSpec:
+    """Parse one spec file; on any problem return an InvalidSpec naming the file."""
+    fallback_id = default_id(relative)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        return InvalidSpec(fallback_id, display, f"{display}: cannot read: {exc.strerror}")
+    digest = hashlib.sha256(raw).hexdigest()
+    try:
+        return parse_spec(raw, relative, digest, display)
+    except SpecError as exc:
+        return InvalidSpec(_declared_id(raw) or fallback_id, display, f"{display}: {exc}", digest)
+
+
+def parse_spec(raw: bytes, relative: str, digest: str, display: str | None = None) -> Spec:
+    """Turn a spec file's bytes into a Spec, or raise SpecError saying what is wrong."""
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(f"spec is {len(raw)} bytes, more than the limit of {MAX_SPEC_BYTES}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"not UTF-8 (byte {exc.start}); save the file as UTF-8") from None
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n")
+    meta, body = split_front_matter(text)
+    if not body.strip():
+        raise SpecError("empty spec: write what the task is below the front matter")
+    try:
+        front = FrontMatter.model_validate(meta)
+    except ValidationError as exc:
+        raise SpecError(_describe(exc)) from None
+    spec_id = front.id or default_id(relative)
+    if not _ID.match(spec_id):
+        raise SpecError(f"id {spec_id!r} comes from the file name; set a plain `id:` in the front matter")
+    heading = _HEADING.search(body)
+    title = front.title or (heading.group(1) if heading else spec_id)
+    return Spec(
+        id=spec_id,
+        title=" ".join(title.split()),
+        path=display or relative,
+        body=body.strip() + "\n",
+        digest=digest,
+        priority=front.priority,
+        depends_on=tuple(front.depends_on),
+        checks=tuple(check for check in front.checks if check.strip()),
+        max_attempts=front.max_attempts,
+        timeout=front.timeout,
+        enabled=front.enabled,
+        allow_empty=front.allow_empty,
+    )
+
+
+def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
+    """Split ``---`` YAML front matter from the body; raise SpecError when it is malformed."""
+    if not text.startswith("---\n") and text.rstrip("\n") != "---":
+        return {}, text
+    lines = text.split("\n")
+    for index, line in enumerate(lines[1:], start=1):
+        if line.rstrip() in ("---", "..."):
+            header = "\n".join(lines[1:index])
+            body = "\n".join(lines[index + 1 :])
+            break
+    else:
+        raise SpecError("front matter opened with --- but never closed")
+    try:
+        meta = yaml.safe_load(header)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 2}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"front matter is not valid YAML{where}: {problem}") from None
+    if meta is None:
+        return {}, body
+    if not isinstance(meta, dict):
+        raise SpecError(f"front matter must be a mapping of keys, got {type(meta).__name__}")
+    return {str(key): value for key, value in meta.items()}, body
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        if error["type"] == "extra_forbidden":
+            problems.append(f"unknown front matter key {key!r}")
+        else:
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"front matter {key!r}: {message} (got {error.get('input')!r})")
+    return "; ".join(problems)
+
+
+def _declared_id(raw: bytes) -> str | None:
+    """Best effort: the ``id:`` of a spec that is otherwise broken, so dependents find it."""
+    match = re.search(rb"^id:[ \t]*['\"]?([A-Za-z0-9][A-Za-z0-9._/-]*)", raw[:4096], re.MULTILINE)
+    return match.group(1).decode() if match and raw.startswith(b"---") else None
+
+
+def _reject_duplicates(parsed: list[Spec | InvalidSpec]) -> SpecSet:
+    paths_by_id: dict[str, list[str]] = {}
+    for item in parsed:
+        paths_by_id.setdefault(item.id, []).append(item.path)
+    specs: list[Spec] = []
+    invalid: list[InvalidSpec] = []
+    for item in parsed:
+        others = [path for path in paths_by_id[item.id] if path != item.path]
+        if isinstance(item, InvalidSpec):
+            invalid.append(item)
+        elif others:
+            reason = f"{item.path}: duplicate id {item.id!r}, also used by {', '.join(others)}"
+            invalid.append(InvalidSpec(item.id, item.path, reason, item.digest))
+        else:
+            specs.append(item)
+    return SpecSet(tuple(specs), tuple(invalid))
