@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
@@ -46,5 +47,27 @@ def format_duration(seconds: float) -> str:
     whole = int(round(seconds))
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
-    parts = [f"{hours}h" if hours else "", f"{minutes}m" if minutes else "", f"{secs}s" if secs else ""]
+    parts = [
+        f"{hours}h" if hours else "",
+        f"{minutes}m" if minutes else "",
+        f"{secs}s" if secs else "",
+    ]
     return "".join(parts)
+
+
+_CLOCK = re.compile(r"^([01]?\d|2[0-3]):([0-5]\d)$")
+
+
+def parse_deadline(text: str, now: datetime) -> datetime:
+    """A deadline as a time of day (``06:00``, its next occurrence) or a duration (``6h``)."""
+    text = text.strip()
+    clock = _CLOCK.match(text)
+    if clock:
+        target = now.replace(hour=int(clock[1]), minute=int(clock[2]), second=0, microsecond=0)
+        return target if target > now else target + timedelta(days=1)
+    try:
+        return now + timedelta(seconds=parse_duration(text))
+    except ValueError:
+        raise ValueError(
+            f"bad deadline {text!r}: use a time of day like 06:00 or a duration like 6h"
+        ) from None

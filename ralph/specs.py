@@ -46,7 +46,9 @@ class FrontMatter(BaseModel):
     @classmethod
     def _valid_id(cls, value: str | None) -> str | None:
         if value is not None and not _ID.match(value):
-            raise ValueError("use letters, digits and . _ / - (no spaces), starting with a letter or digit")
+            raise ValueError(
+                "use letters, digits and . _ / - (no spaces), starting with a letter or digit"
+            )
         return value
 
 
@@ -147,7 +149,9 @@ def parse_spec(raw: bytes, relative: str, digest: str, display: str | None = Non
         raise SpecError(_describe(exc)) from None
     spec_id = front.id or default_id(relative)
     if not _ID.match(spec_id):
-        raise SpecError(f"id {spec_id!r} comes from the file name; set a plain `id:` in the front matter")
+        raise SpecError(
+            f"id {spec_id!r} comes from the file name; set a plain `id:` in the front matter"
+        )
     heading = _HEADING.search(body)
     title = front.title or (heading.group(1) if heading else spec_id)
     return Spec(

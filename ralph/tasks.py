@@ -83,7 +83,9 @@ def plan(
             spec=spec,
         )
     tasks = sorted(states.values(), key=lambda task: (task.priority, task.path))
-    tasks += [Task(item.id, State.INVALID, item.path, reason=item.reason) for item in spec_set.invalid]
+    tasks += [
+        Task(item.id, State.INVALID, item.path, reason=item.reason) for item in spec_set.invalid
+    ]
     return tasks
 
 

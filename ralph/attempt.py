@@ -1,0 +1,294 @@
+"""One attempt: a fresh agent on one task, judged by the gate, committed or rolled back.
+
+The contract's eight steps, in order: record the start, write the prompt, run the agent
+in its own group, fold HEAD back, judge the change, run the checks, then commit with
+trailers or keep the diff and restore the tree. Learnings are kept either way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+import structlog
+from anyio import to_thread
+
+from ralph import memory, repo
+from ralph.agents import Agent, agent_environment
+from ralph.gate import Verdict, check_verdict, judge_changes, run_checks
+from ralph.processes import ProcessResult, Stop, run_in_group
+from ralph.prompt import PromptContext, build_prompt, failure_summary
+from ralph.settings import Settings
+from ralph.specs import Spec
+from ralph.state import AttemptIntent, StateStore
+from ralph.telemetry import EventLog
+
+log = structlog.get_logger("ralph")
+
+
+@dataclass(frozen=True)
+class Worker:
+    """Everything an attempt needs, for one work tree. Nothing here is global."""
+
+    root: Path
+    settings: Settings
+    agent: Agent
+    env: Mapping[str, str]
+    events: EventLog
+    state: StateStore
+    stop: Stop
+    branch: str
+
+    @property
+    def ralph_dir(self) -> Path:
+        return self.root / repo.STATE_DIR
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """How an attempt ended."""
+
+    status: Literal["committed", "failed", "interrupted", "already_done"]
+    reason: str = ""
+    summary: str = ""
+    commit: str | None = None
+
+
+def max_attempts(worker: Worker, spec: Spec) -> int:
+    return spec.max_attempts or worker.settings.max_attempts
+
+
+async def run_attempt(worker: Worker, spec: Spec, attempt: int) -> AttemptResult:
+    """Run attempt number ``attempt`` of ``spec`` from the current HEAD."""
+    start = await to_thread.run_sync(repo.head_commit, worker.root)
+    attempt_dir = _attempt_dir(worker, spec.id, attempt)
+    prompt_file, learnings_file = attempt_dir / "prompt.md", attempt_dir / "learnings.md"
+    prompt_file.write_text(build_prompt(_prompt_context(worker, spec, attempt)), encoding="utf-8")
+    learnings_file.touch()
+    intent = AttemptIntent(spec.id, attempt, start, worker.branch, str(attempt_dir))
+    worker.state.begin_attempt(intent)
+    worker.events.emit("attempt_started", task=spec.id, attempt=attempt, start_commit=start)
+    log.info("ralph.attempt_started", start_commit=start[:12], dir=str(attempt_dir))
+
+    def started(pgid: int) -> None:
+        worker.state.begin_attempt(dataclasses.replace(intent, pgid=pgid))
+
+    ran = await _run_agent(worker, spec, attempt, prompt_file, learnings_file, attempt_dir, started)
+    verdict = await _judge(worker, spec, start, ran, attempt_dir)
+    learnings = memory.read_learnings_file(learnings_file)
+    if verdict is None:
+        worker.state.begin_attempt(dataclasses.replace(intent, phase="committing"))
+        result = await _commit(worker, spec, attempt, start, learnings)
+    else:
+        result = await _roll_back(worker, spec, attempt, start, verdict, learnings, attempt_dir)
+    worker.state.end_attempt()
+    return result
+
+
+async def _run_agent(
+    worker: Worker,
+    spec: Spec,
+    attempt: int,
+    prompt_file: Path,
+    learnings_file: Path,
+    attempt_dir: Path,
+    started: Callable[[int], None],
+) -> ProcessResult:
+    command = worker.agent.command(prompt_file)
+    env = agent_environment(
+        worker.env,
+        {
+            **command.env,
+            "RALPH_TASK_ID": spec.id,
+            "RALPH_ATTEMPT": str(attempt),
+            "RALPH_PROMPT_FILE": str(prompt_file),
+            "RALPH_LEARNINGS_FILE": str(learnings_file),
+        },
+    )
+    result = await run_in_group(
+        command.argv,
+        cwd=worker.root,
+        env=env,
+        stdin=command.stdin,
+        log_path=attempt_dir / "agent.log",
+        timeout=spec.timeout or worker.settings.attempt_timeout,
+        grace=worker.settings.kill_grace,
+        stop=worker.stop,
+        on_start=started,
+    )
+    worker.events.emit(
+        "agent_exited",
+        task=spec.id,
+        attempt=attempt,
+        outcome=result.outcome,
+        exit_code=result.exit_code,
+        duration_s=round(result.duration, 3),
+        output_bytes=result.output_bytes,
+    )
+    log.info(
+        "ralph.agent_exited",
+        outcome=result.outcome,
+        exit_code=result.exit_code,
+        duration_s=round(result.duration, 1),
+    )
+    return result
+
+
+async def _judge(
+    worker: Worker, spec: Spec, start: str, ran: ProcessResult, attempt_dir: Path
+) -> Verdict | None:
+    """Fold HEAD back, then the gate: the agent's exit, the change, the checks."""
+    settings = worker.settings
+    if await to_thread.run_sync(repo.fold_head, worker.root, start, worker.branch):
+        worker.events.emit("head_restored", task=spec.id, start_commit=start)
+        log.warning("ralph.head_restored", detail="the agent moved HEAD; its changes are kept")
+    changes = await to_thread.run_sync(repo.stage_changes, worker.root, start)
+    verdict = _agent_verdict(ran) or judge_changes(
+        changes,
+        protected=settings.protected_globs(),
+        append_only=settings.append_only,
+        allow_empty=spec.allow_empty,
+    )
+    if verdict is not None:
+        return verdict
+    results = await run_checks(
+        [*settings.checks, *spec.checks],
+        root=worker.root,
+        env=worker.env,
+        log_dir=attempt_dir,
+        timeout=settings.check_timeout,
+        grace=settings.kill_grace,
+        stop=worker.stop,
+    )
+    for result in results:
+        worker.events.emit(
+            "check_finished",
+            task=spec.id,
+            command=result.command,
+            outcome=result.outcome,
+            exit_code=result.exit_code,
+            passed=result.ok,
+            duration_s=round(result.duration, 3),
+        )
+    if any(result.outcome == "stopped" for result in results):
+        return Verdict("interrupted", f"ralph was asked to stop ({worker.stop.reason}).")
+    return check_verdict(results)
+
+
+def _agent_verdict(ran: ProcessResult) -> Verdict | None:
+    if ran.outcome == "stopped":
+        return Verdict("interrupted", "ralph was asked to stop while the agent ran.")
+    if ran.outcome == "timeout":
+        return Verdict(
+            "timeout", failure_summary("The agent ran past the attempt timeout.", ran.tail)
+        )
+    if ran.exit_code != 0:
+        what = f"The agent exited with code {ran.exit_code}."
+        return Verdict("crash", failure_summary(what, ran.tail))
+    return None
+
+
+async def _commit(
+    worker: Worker, spec: Spec, attempt: int, start: str, learnings: list[str]
+) -> AttemptResult:
+    if spec.id in await to_thread.run_sync(repo.done_tasks, worker.root):
+        # Never commit a task twice, even if something else committed it meanwhile.
+        await to_thread.run_sync(repo.restore, worker.root, start)
+        return AttemptResult("already_done")
+    added = _add_learnings(worker, spec.id, learnings)
+    if added:
+        await to_thread.run_sync(
+            repo.stage_paths, worker.root, [worker.settings.memory_file.as_posix()]
+        )
+    message = repo.task_message(
+        spec.title, {repo.TASK_TRAILER: spec.id, repo.ATTEMPT_TRAILER: str(attempt)}
+    )
+    sha = await to_thread.run_sync(
+        lambda: repo.commit(worker.root, message, run_hooks=worker.settings.run_hooks)
+    )
+    # The checks may have left files behind; the next task starts from exactly the commit.
+    await to_thread.run_sync(repo.restore, worker.root, sha)
+    worker.events.emit("committed", task=spec.id, attempt=attempt, commit=sha, learnings=added)
+    return AttemptResult("committed", commit=sha)
+
+
+async def _roll_back(
+    worker: Worker,
+    spec: Spec,
+    attempt: int,
+    start: str,
+    verdict: Verdict,
+    learnings: list[str],
+    attempt_dir: Path,
+) -> AttemptResult:
+    diff = attempt_dir / "changes.diff"
+    await to_thread.run_sync(repo.save_diff, worker.root, start, diff)
+    await to_thread.run_sync(repo.restore, worker.root, start)
+    worker.events.emit(
+        "rolled_back",
+        task=spec.id,
+        attempt=attempt,
+        reason=verdict.reason,
+        summary=verdict.summary[:2000],
+        diff=str(diff),
+    )
+    log.warning("ralph.attempt_failed", reason=verdict.reason, diff=str(diff))
+    await commit_learnings_only(worker, spec.id, attempt, learnings)
+    status: Literal["failed", "interrupted"] = (
+        "interrupted" if verdict.reason == "interrupted" else "failed"
+    )
+    return AttemptResult(status, verdict.reason, verdict.summary)
+
+
+async def commit_learnings_only(
+    worker: Worker, task_id: str, attempt: int, learnings: list[str]
+) -> None:
+    """Keep what a failed attempt learned, in a commit that changes only the memory file."""
+    if not _add_learnings(worker, task_id, learnings):
+        return
+    memory_path = worker.settings.memory_file.as_posix()
+    await to_thread.run_sync(repo.stage_paths, worker.root, [memory_path])
+    message = repo.task_message(
+        f"Learnings from attempt {attempt} of {task_id}", {repo.LEARNINGS_TRAILER: task_id}
+    )
+    await to_thread.run_sync(
+        lambda: repo.commit(worker.root, message, run_hooks=worker.settings.run_hooks)
+    )
+
+
+def _add_learnings(worker: Worker, task_id: str, learnings: list[str]) -> int:
+    if not learnings:
+        return 0
+    day = datetime.now(UTC).date().isoformat()
+    added = memory.add_learnings(worker.root / worker.settings.memory_file, learnings, task_id, day)
+    for learning in added:
+        worker.events.emit("learning_added", task=task_id, text=learning.text)
+    return len(added)
+
+
+def _prompt_context(worker: Worker, spec: Spec, attempt: int) -> PromptContext:
+    settings = worker.settings
+    return PromptContext(
+        spec=spec,
+        attempt=attempt,
+        max_attempts=max_attempts(worker, spec),
+        memory=memory.memory_for_prompt(worker.root / settings.memory_file, settings.memory_budget),
+        memory_file=settings.memory_file.as_posix(),
+        last_failure=worker.state.last_failure(spec.id, spec.digest),
+        protected=settings.protected_globs(),
+        append_only=settings.append_only,
+        checks=[*settings.checks, *spec.checks],
+    )
+
+
+def _attempt_dir(worker: Worker, task_id: str, attempt: int) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", task_id)
+    path = worker.ralph_dir / "attempts" / slug / f"{attempt}-{stamp}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

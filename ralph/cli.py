@@ -1,0 +1,278 @@
+"""The command line. It wires everything: settings, repository, lock, agent, loop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import click
+import structlog
+
+from ralph import __version__, agents, loop, repo
+from ralph.attempt import Worker
+from ralph.durations import parse_deadline
+from ralph.errors import RalphError, SettingsError, UsageError
+from ralph.lock import RepoLock, lock_holder
+from ralph.processes import Stop
+from ralph.scaffold import init_repository
+from ralph.settings import Settings, load_settings
+from ralph.specs import load_specs
+from ralph.state import StateStore
+from ralph.tasks import State, Task, plan
+from ralph.telemetry import EventLog, configure_logging, new_run_id
+
+log = structlog.get_logger("ralph")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the global options say, for every command."""
+
+    path: Path
+    log_format: str
+    verbose: bool
+
+    def root(self) -> Path:
+        return repo.find_root(self.path)
+
+    def settings(self, root: Path, **flags: Any) -> Settings:
+        return load_settings(root, flags)
+
+
+class RalphGroup(click.Group):
+    """Turns ralph's expected errors into one line on stderr and the contract's exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RalphError as exc:
+            click.echo(f"ralph: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except BaseExceptionGroup as group:
+            # A task group wraps what its tasks raise; an expected error stays expected.
+            expected, rest = group.split(RalphError)
+            if expected is None or rest is not None:
+                raise
+            first = expected.exceptions[0]
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            click.echo(f"ralph: {first}", err=True)
+            ctx.exit(getattr(first, "exit_code", 1))
+
+
+@click.group(cls=RalphGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-C",
+    "path",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    help="Run as if started in PATH (the repository).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["auto", "console", "json"]),
+    default="auto",
+    show_default=True,
+    help="Log rendering on stderr: console on a terminal, JSON lines otherwise.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log debug events too.")
+@click.version_option(__version__, prog_name="ralph")
+@click.pass_context
+def cli(ctx: click.Context, path: Path, log_format: str, verbose: bool) -> None:
+    """ralph: burns down a backlog of coding tasks with a headless agent, gated by your checks."""
+    configure_logging(log_format, verbose)  # type: ignore[arg-type]
+    ctx.obj = Context(path.resolve(), log_format, verbose)
+
+
+@cli.command()
+@click.pass_obj
+def init(app: Context) -> None:
+    """Write ralph.toml, specs/ with an example and AGENTS.md (never overwrites)."""
+    root = app.path
+    for relative, what in init_repository(root):
+        click.echo(f"{relative}: {what}")
+    try:
+        repo.ensure_excluded(repo.find_root(root))
+    except UsageError:
+        click.echo("note: not a git repository yet; run `git init` before `ralph run`")
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Work through the backlog, then exit (for cron).")
+@click.option("--max-tasks", type=click.IntRange(min=1), help="Stop after N tasks were attempted.")
+@click.option("--deadline", help="Take no new task after this time (06:00) or duration (6h).")
+@click.option("--agent", help="Override the agent setting for this run.")
+@click.option("--max-attempts", type=int, help="Override max_attempts for this run.")
+@click.pass_obj
+def run(
+    app: Context,
+    once: bool,
+    max_tasks: int | None,
+    deadline: str | None,
+    agent: str | None,
+    max_attempts: int | None,
+) -> None:
+    """Run the loop: the daemon by default, a batch with --once."""
+    root = app.root()
+    settings = app.settings(root, agent=agent, max_attempts=max_attempts)
+    deadline_at = _deadline(deadline)
+    the_agent = agents.make_agent(settings, root)
+    if agents.resolve_executable(the_agent.executable(), root) is None:
+        raise SettingsError(
+            f"agent: the {settings.agent} agent's executable {the_agent.executable()!r} "
+            "is not on PATH (or not executable)"
+        )
+    branch = repo.current_branch(root)
+    specs_root = root / settings.specs_dir
+    if not specs_root.is_dir():
+        raise UsageError(f"specs_dir: {settings.specs_dir} does not exist in {root} (ralph init)")
+    with RepoLock(root / repo.STATE_DIR / "lock"):
+        repo.ensure_excluded(root)
+        worker = Worker(
+            root=root,
+            settings=settings,
+            agent=the_agent,
+            env=dict(os.environ),
+            events=EventLog(root / repo.STATE_DIR / "events.jsonl", new_run_id()),
+            state=StateStore(root / repo.STATE_DIR),
+            stop=Stop(),
+            branch=branch,
+        )
+        options = loop.RunOptions(once=once, max_tasks=max_tasks)
+        code = anyio.run(_serve, worker, options, deadline_at)
+    sys.exit(code)
+
+
+def _deadline(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        return parse_deadline(text, datetime.now().astimezone())
+    except ValueError as exc:
+        raise UsageError(f"--deadline: {exc}") from None
+
+
+async def _serve(worker: Worker, options: loop.RunOptions, deadline: datetime | None) -> int:
+    await loop.prepare(worker)
+    async with anyio.create_task_group() as group:
+        group.start_soon(_watch_signals, worker.stop)
+        if deadline is not None:
+            group.start_soon(_stop_at, deadline, worker.stop)
+        code = await loop.run(worker, options)
+        group.cancel_scope.cancel()
+    return code
+
+
+async def _watch_signals(stop: Stop) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            log.warning(
+                "ralph.signal",
+                signal=name,
+                action="stopping now" if stop.is_requested else "stopping after cleanup",
+            )
+            stop.request(name)
+
+
+async def _stop_at(deadline: datetime, stop: Stop) -> None:
+    await anyio.sleep(max(0.0, (deadline - datetime.now().astimezone()).total_seconds()))
+    log.warning("ralph.deadline_reached", deadline=deadline.isoformat(timespec="minutes"))
+    stop.request("deadline")
+
+
+def _tasks(root: Path, settings: Settings) -> list[Task]:
+    state = StateStore(root / repo.STATE_DIR)
+    spec_set = load_specs(root / settings.specs_dir, f"{settings.specs_dir.as_posix()}/")
+    running = None
+    if lock_holder(root / repo.STATE_DIR / "lock") is not None:
+        intent = state.interrupted_attempt()
+        running = intent.task_id if intent else None
+    digests = {spec.id: spec.digest for spec in spec_set.specs}
+    return plan(spec_set, repo.done_tasks(root), state.records(digests), running)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
+@click.pass_obj
+def status(app: Context, as_json: bool) -> None:
+    """Every task with its state, attempts, priority, title and reason."""
+    root = app.root()
+    tasks = _tasks(root, app.settings(root))
+    if as_json:
+        click.echo(json.dumps({"tasks": [task.as_dict() for task in tasks]}, indent=2))
+        return
+    _print_table(
+        ["ID", "STATE", "ATTEMPTS", "PRIORITY", "TITLE", "REASON"],
+        [[t.id, t.state.value, str(t.attempts), str(t.priority), t.title, t.reason] for t in tasks],
+    )
+
+
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        click.echo("  ".join([*cells, row[-1]]).rstrip())
+
+
+@cli.command()
+@click.pass_obj
+def validate(app: Context) -> None:
+    """Check the settings and every spec; list each problem with its file and reason."""
+    root = app.root()
+    try:
+        settings = app.settings(root)
+    except SettingsError as exc:
+        click.echo(f"settings: {exc}")
+        sys.exit(1)
+    if not (root / settings.specs_dir).is_dir():
+        click.echo(f"specs_dir: {settings.specs_dir} does not exist")
+        sys.exit(1)
+    problems = [
+        task.reason if task.state is State.INVALID else f"{task.path}: {task.reason}"
+        for task in _tasks(root, settings)
+        if task.state in (State.INVALID, State.BLOCKED) and not _blocked_by_failure(task)
+    ]
+    for problem in problems:
+        click.echo(problem)
+    if problems:
+        click.echo(f"{len(problems)} problem(s) found", err=True)
+        sys.exit(1)
+    click.echo("settings and specs are valid")
+
+
+def _blocked_by_failure(task: Task) -> bool:
+    return task.reason.endswith("which is failed") or task.reason.endswith("which is blocked")
+
+
+@cli.command()
+@click.argument("task_id")
+@click.pass_obj
+def retry(app: Context, task_id: str) -> None:
+    """Put a failed task back to pending."""
+    root = app.root()
+    tasks = {task.id: task for task in _tasks(root, app.settings(root))}
+    task = tasks.get(task_id)
+    if task is None:
+        raise UsageError(f"no task with id {task_id!r} (see `ralph status`)")
+    if task.state is not State.FAILED:
+        raise RalphError(f"task {task_id} is {task.state.value}, not failed; nothing to retry")
+    StateStore(root / repo.STATE_DIR).forget(task_id)
+    EventLog(root / repo.STATE_DIR / "events.jsonl", new_run_id()).emit(
+        "task_retried", task=task_id
+    )
+    click.echo(f"{task_id}: pending again")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point."""
+    entry: Callable[..., Any] = cli
+    entry(args=argv, prog_name="ralph")

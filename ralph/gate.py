@@ -1,0 +1,142 @@
+"""The gate: one decision on an attempt's change, made by the runner, not the agent.
+
+First what changed (protected paths, append-only paths, nothing at all), then every
+check, each in the repository root within ``check_timeout``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ralph.processes import Stop, run_in_group
+from ralph.prompt import failure_summary
+from ralph.repo import Change
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Why an attempt can't be committed; ``reason`` is a short class for telemetry."""
+
+    reason: str
+    summary: str
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    command: str
+    outcome: str
+    exit_code: int | None
+    duration: float
+    tail: str
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "exited" and self.exit_code == 0
+
+
+@functools.lru_cache(maxsize=256)
+def _glob_regex(glob: str) -> re.Pattern[str]:
+    out = []
+    i = 0
+    while i < len(glob):
+        if glob.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif glob.startswith("/**", i) and i + 3 == len(glob):
+            out.append("(?:/.*)?")
+            i += 3
+        elif glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif glob[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif glob[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(glob[i]))
+            i += 1
+    return re.compile("".join(out))
+
+
+def matches(path: str, globs: Sequence[str]) -> bool:
+    """True when ``path`` (from the repository root) matches any glob; ``**`` spans folders."""
+    return any(_glob_regex(glob.strip("/")).fullmatch(path) for glob in globs)
+
+
+def judge_changes(
+    changes: Sequence[Change],
+    *,
+    protected: Sequence[str],
+    append_only: Sequence[str],
+    allow_empty: bool,
+) -> Verdict | None:
+    """A Verdict when the change itself breaks a rule, else None."""
+    touched = sorted(change.path for change in changes if matches(change.path, protected))
+    if touched:
+        return Verdict("protected", f"The attempt changed protected paths: {', '.join(touched)}")
+    rewritten = sorted(
+        f"{change.path} ({'deleted' if change.status == 'D' else 'modified'})"
+        for change in changes
+        if change.status != "A" and matches(change.path, append_only)
+    )
+    if rewritten:
+        return Verdict(
+            "append_only",
+            "The attempt changed existing files in append-only paths "
+            f"(only new files may be added there): {', '.join(rewritten)}",
+        )
+    if not changes and not allow_empty:
+        return Verdict("no_changes", "The agent finished without changing any file.")
+    return None
+
+
+async def run_checks(
+    checks: Sequence[str],
+    *,
+    root: Path,
+    env: Mapping[str, str],
+    log_dir: Path,
+    timeout: float,
+    grace: float,
+    stop: Stop,
+) -> list[CheckResult]:
+    """Run the checks in order until one fails (or a stop is requested)."""
+    results = []
+    for index, command in enumerate(checks, start=1):
+        result = await run_in_group(
+            ["/bin/sh", "-c", command],
+            cwd=root,
+            env=env,
+            log_path=log_dir / f"check-{index}.log",
+            timeout=timeout,
+            grace=grace,
+            stop=stop,
+            log_cap=2 * 1024 * 1024,
+        )
+        results.append(
+            CheckResult(command, result.outcome, result.exit_code, result.duration, result.tail)
+        )
+        if not result.ok:
+            break
+    return results
+
+
+def check_verdict(results: Sequence[CheckResult]) -> Verdict | None:
+    """A Verdict for the first failed check, else None."""
+    for result in results:
+        if result.ok:
+            continue
+        if result.outcome == "timeout":
+            what = f"Check `{result.command}` did not finish within the check timeout."
+        elif result.exit_code == 127:
+            what = f"Check `{result.command}` failed: command not found (exit 127)."
+        else:
+            what = f"Check `{result.command}` failed with exit code {result.exit_code}."
+        return Verdict("check_failed", failure_summary(what, result.tail))
+    return None

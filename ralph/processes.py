@@ -1,0 +1,275 @@
+"""Child processes: the only place that starts, signals and reaps them.
+
+Every child gets its own session (so its process group is ours to signal), its output
+streamed to a size-capped log, and a bounded stop: SIGTERM to the group, ``grace``
+seconds, SIGKILL to the group. anyio's own timeouts would kill only the direct child.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Literal
+
+import anyio
+from anyio.abc import ByteReceiveStream, Process
+
+TAIL_BYTES = 16 * 1024
+_POLL = 0.05
+
+Outcome = Literal["exited", "timeout", "stopped"]
+
+
+class Stop:
+    """Shared stop state: signals and deadlines only set it; the loop and the runners act on it."""
+
+    def __init__(self) -> None:
+        self.requested = anyio.Event()
+        self.forced = anyio.Event()
+        self.reason = ""
+
+    def request(self, reason: str) -> None:
+        """First call asks for a graceful stop; a second one skips the waiting."""
+        if self.requested.is_set():
+            self.forced.set()
+            return
+        self.reason = reason
+        self.requested.set()
+
+    @property
+    def is_requested(self) -> bool:
+        return self.requested.is_set()
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    """How a child process ended and what it printed."""
+
+    outcome: Outcome
+    exit_code: int | None
+    duration: float
+    output_bytes: int
+    tail: str
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "exited" and self.exit_code == 0
+
+
+class CappedLog:
+    """Writes the first ``cap`` bytes of a stream to a file and remembers its last bytes.
+
+    Memory stays constant whatever the child prints; the file ends with the tail when
+    the middle had to be dropped.
+    """
+
+    def __init__(self, path: Path, cap: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: IO[bytes] = path.open("wb")
+        self._cap = cap
+        self._tail: collections.deque[bytes] = collections.deque()
+        self._tail_size = 0
+        self.total = 0
+
+    def write(self, chunk: bytes) -> None:
+        room = self._cap - self.total
+        if room > 0:
+            self._file.write(chunk[:room])
+        self.total += len(chunk)
+        self._tail.append(chunk)
+        self._tail_size += len(chunk)
+        while self._tail_size - len(self._tail[0]) >= TAIL_BYTES:
+            self._tail_size -= len(self._tail.popleft())
+
+    def tail(self) -> str:
+        data = b"".join(self._tail)[-TAIL_BYTES:]
+        return data.decode("utf-8", errors="replace")
+
+    def close(self) -> None:
+        if self.total > self._cap:
+            dropped = self.total - self._cap
+            self._file.write(
+                f"\n[... {dropped} bytes not kept; the last bytes follow ...]\n".encode()
+            )
+            self._file.write(b"".join(self._tail)[-TAIL_BYTES:])
+        self._file.close()
+
+
+async def run_in_group(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    log_path: Path,
+    timeout: float,
+    grace: float,
+    stop: Stop,
+    stdin: Path | None = None,
+    log_cap: int = 8 * 1024 * 1024,
+    on_start: Callable[[int], None] | None = None,
+) -> ProcessResult:
+    """Run ``argv`` in its own session until it exits, times out or a stop is requested.
+
+    Whatever way it ends, no process of its group is left when this returns.
+    """
+    started = time.monotonic()
+    log = CappedLog(log_path, log_cap)
+    stdin_file = stdin.open("rb") if stdin is not None else None
+    try:
+        proc = await anyio.open_process(
+            list(argv),
+            stdin=stdin_file if stdin_file is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=dict(env),
+            start_new_session=True,
+        )
+    except OSError as exc:
+        log.write(f"cannot start {argv[0]}: {exc.strerror or exc}\n".encode())
+        log.close()
+        if stdin_file is not None:
+            stdin_file.close()
+        return ProcessResult("exited", 127, 0.0, log.total, log.tail())
+    if on_start is not None:
+        on_start(proc.pid)
+    try:
+        outcome = await _supervise(proc, log, timeout, grace, stop)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _reap(proc)
+            log.close()
+            if stdin_file is not None:
+                stdin_file.close()
+    exit_code = proc.returncode if outcome == "exited" else None
+    return ProcessResult(outcome, exit_code, time.monotonic() - started, log.total, log.tail())
+
+
+async def _supervise(
+    proc: Process, log: CappedLog, timeout: float, grace: float, stop: Stop
+) -> Outcome:
+    drained = anyio.Event()
+    async with anyio.create_task_group() as group:
+        assert proc.stdout is not None
+        group.start_soon(_drain, proc.stdout, log, drained)
+        outcome = await _wait_for_exit(proc, timeout, stop)
+        await stop_group(proc.pid, grace, stop.forced)
+        # A daemon that escaped the group may still hold the pipe: don't wait for it forever.
+        with anyio.move_on_after(2):
+            await drained.wait()
+        group.cancel_scope.cancel()
+    return outcome
+
+
+async def _drain(stream: ByteReceiveStream, log: CappedLog, drained: anyio.Event) -> None:
+    try:
+        async for chunk in stream:
+            log.write(chunk)
+    except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+        pass  # the child closed its end: nothing more to read
+    finally:
+        drained.set()
+
+
+async def _wait_for_exit(proc: Process, timeout: float, stop: Stop) -> Outcome:
+    outcome: Outcome = "timeout"
+    async with anyio.create_task_group() as group:
+
+        async def exited() -> None:
+            nonlocal outcome
+            await proc.wait()
+            outcome = "exited"
+            group.cancel_scope.cancel()
+
+        async def stopped() -> None:
+            nonlocal outcome
+            await stop.requested.wait()
+            outcome = "stopped"
+            group.cancel_scope.cancel()
+
+        group.start_soon(exited)
+        group.start_soon(stopped)
+        await anyio.sleep(timeout)
+        group.cancel_scope.cancel()
+    return outcome
+
+
+async def stop_group(pgid: int, grace: float, forced: anyio.Event | None = None) -> None:
+    """SIGTERM the group, wait up to ``grace`` (less if ``forced`` is set), then SIGKILL it."""
+    if not group_alive(pgid):
+        return
+    _signal_group(pgid, signal.SIGTERM)
+    with anyio.move_on_after(grace):
+        async with anyio.create_task_group() as group:
+
+            async def gone() -> None:
+                while group_alive(pgid):
+                    await anyio.sleep(_POLL)
+                group.cancel_scope.cancel()
+
+            async def skip() -> None:
+                if forced is not None:
+                    await forced.wait()
+                    group.cancel_scope.cancel()
+
+            group.start_soon(gone)
+            group.start_soon(skip)
+    if group_alive(pgid):
+        _signal_group(pgid, signal.SIGKILL)
+        with anyio.move_on_after(5):
+            while group_alive(pgid):
+                await anyio.sleep(_POLL)
+
+
+def stop_group_now(pgid: int) -> None:
+    """SIGKILL a whole group at once (for a group left behind by a killed ralph)."""
+    _signal_group(pgid, signal.SIGKILL)
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is already gone
+
+
+def group_alive(pgid: int) -> bool:
+    """True while any process of the group is running (zombies don't count)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    return bool(group_members(pgid))
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is ``pgid``, read from /proc."""
+    members = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if fields[0] not in (b"Z", b"X") and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+async def _reap(proc: Process) -> None:
+    if proc.returncode is None:
+        _signal_group(proc.pid, signal.SIGKILL)
+    with anyio.move_on_after(5):
+        await proc.wait()
+    await proc.aclose()

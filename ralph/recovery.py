@@ -1,0 +1,99 @@
+"""Cleaning up after a ralph that was killed in the middle of an attempt.
+
+The attempt's intent record (``.ralph/current.json``) says which task, attempt and
+starting commit it was. Its agent is stopped, its changes are kept as a diff, the tree
+goes back to where the attempt started (or to ralph's own commit, if it got that far),
+its learnings are kept, and the attempt counts as used.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import structlog
+from anyio import to_thread
+
+from ralph import repo
+from ralph.attempt import Worker, commit_learnings_only
+from ralph.memory import read_learnings_file
+from ralph.processes import group_members, stop_group_now
+from ralph.specs import load_specs
+from ralph.state import AttemptIntent
+
+log = structlog.get_logger("ralph")
+
+
+async def recover_interrupted_attempt(worker: Worker) -> None:
+    """Resolve the attempt a killed ralph left behind, if there is one."""
+    intent = worker.state.interrupted_attempt()
+    if intent is None:
+        return
+    with structlog.contextvars.bound_contextvars(task=intent.task_id, attempt=intent.attempt):
+        log.warning("ralph.recovering", start_commit=intent.start_commit[:12])
+        _stop_leftover_agent(intent)
+        committed = await to_thread.run_sync(_committed_by_ralph, worker.root, intent)
+        base = committed or intent.start_commit
+        await to_thread.run_sync(repo.fold_head, worker.root, base, intent.branch)
+        attempt_dir = Path(intent.attempt_dir)
+        changes = await to_thread.run_sync(repo.stage_changes, worker.root, base)
+        if changes:
+            diff = attempt_dir / "interrupted.diff"
+            await to_thread.run_sync(repo.save_diff, worker.root, base, diff)
+        await to_thread.run_sync(repo.restore, worker.root, base)
+        learnings = read_learnings_file(attempt_dir / "learnings.md")
+        await commit_learnings_only(worker, intent.task_id, intent.attempt, learnings)
+        if committed is None:
+            digest = _spec_digest(worker, intent.task_id)
+            summary = "ralph was killed during this attempt; its changes were rolled back."
+            if digest is not None:
+                worker.state.record_attempt(intent.task_id, digest, intent.attempt, summary)
+        worker.events.emit(
+            "attempt_recovered",
+            task=intent.task_id,
+            attempt=intent.attempt,
+            kept_commit=committed,
+            changes=len(changes),
+        )
+        worker.state.end_attempt()
+
+
+def _stop_leftover_agent(intent: AttemptIntent) -> None:
+    """SIGKILL the killed ralph's agent group, if it still runs and is really ours."""
+    if intent.pgid is None:
+        return
+    members = group_members(intent.pgid)
+    if any(_runs_attempt(pid, intent) for pid in members):
+        stop_group_now(intent.pgid)
+
+
+def _runs_attempt(pid: int, intent: AttemptIntent) -> bool:
+    """A reused process group id must not get killed: check the process's environment."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    wanted = f"RALPH_PROMPT_FILE={Path(intent.attempt_dir) / 'prompt.md'}".encode()
+    return wanted in environ and pid != os.getpid()
+
+
+def _committed_by_ralph(root: Path, intent: AttemptIntent) -> str | None:
+    """ralph's own commit for this attempt, if it was made before the kill."""
+    if intent.phase != "committing":
+        return None
+    with repo.open_repo(root) as git_repo:
+        try:
+            tip = git_repo.commit(f"refs/heads/{intent.branch}")
+        except ValueError:
+            return None
+        ours = intent.task_id in tip.trailers_dict.get(repo.TASK_TRAILER, [])
+        parent_ok = [parent.hexsha for parent in tip.parents] == [intent.start_commit]
+        return tip.hexsha if ours and parent_ok else None
+
+
+def _spec_digest(worker: Worker, task_id: str) -> str | None:
+    spec_set = load_specs(worker.root / worker.settings.specs_dir)
+    for spec in spec_set.specs:
+        if spec.id == task_id:
+            return spec.digest
+    return None

@@ -1,0 +1,99 @@
+"""``ralph init``: the files a repository needs, written only where nothing exists yet."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+SETTINGS_TEMPLATE = """\
+# ralph settings: see docs/settings.md for every key.
+agent = "claude"
+
+# Every check must exit 0 before ralph commits an attempt.
+checks = {checks}
+
+specs_dir = "specs"
+memory_file = "AGENTS.md"
+max_attempts = 3
+attempt_timeout = "30m"
+check_timeout = "10m"
+
+# Globs the agent may add files to but not change or delete existing ones in:
+# the guard against an agent that makes checks pass by weakening the tests.
+# append_only = ["tests/**"]
+"""
+
+EXAMPLE_SPEC = """\
+---
+# Every key is optional; this example stays out of the loop until you enable it.
+id: example
+priority: 100
+depends_on: []
+checks: []
+enabled: false
+---
+# Describe one task here
+
+Say what should change and how to know it is done. One spec file is one task;
+ralph gives it to a fresh agent, runs your checks, and commits only when they pass.
+"""
+
+MEMORY_TEMPLATE = """\
+# AGENTS.md
+
+Notes for the coding agents working on this repository: conventions, commands,
+where things live. ralph appends what each agent learned under "Learnings".
+
+## Learnings
+"""
+
+
+def guess_checks(root: Path) -> list[str]:
+    """Check commands inferred from the files in the repository; empty if none fit."""
+    if (root / "pyproject.toml").exists() or (root / "setup.py").exists():
+        if (root / "tests").is_dir() or (root / "test").is_dir():
+            return ["python -m pytest -q"]
+    package = root / "package.json"
+    if package.exists():
+        try:
+            scripts = json.loads(package.read_text(encoding="utf-8")).get("scripts", {})
+        except ValueError:
+            scripts = {}
+        if isinstance(scripts, dict) and "test" in scripts:
+            return ["npm test"]
+    if (root / "Cargo.toml").exists():
+        return ["cargo test"]
+    if (root / "go.mod").exists():
+        return ["go test ./..."]
+    makefile = root / "Makefile"
+    if makefile.exists() and "\ntest:" in "\n" + makefile.read_text(errors="replace"):
+        return ["make test"]
+    return []
+
+
+def init_repository(root: Path) -> list[tuple[str, str]]:
+    """Write the missing files; return (path, what happened) for each."""
+    checks = guess_checks(root)
+    rendered = (
+        json.dumps(checks)
+        if checks
+        else '[]  # add the commands that must pass, e.g. ["make test"]'
+    )
+    files = {
+        "ralph.toml": SETTINGS_TEMPLATE.format(checks=rendered),
+        "specs/example.md": EXAMPLE_SPEC,
+        "AGENTS.md": MEMORY_TEMPLATE,
+    }
+    report = []
+    for relative, content in files.items():
+        path = root / relative
+        if relative.startswith("specs/") and any((root / "specs").rglob("*.md")):
+            report.append(("specs/", "kept (already holds specs)"))
+            continue
+        if path.exists():
+            report.append((relative, "kept (already exists)"))
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content, encoding="utf-8")
+        report.append((relative, "written"))
+    return report

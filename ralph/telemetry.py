@@ -1,0 +1,93 @@
+"""Structured logs on stderr and the event log in ``.ralph/events.jsonl``.
+
+Logging is configured once by the CLI (never at import). Each event line is written
+with a single ``write`` on an ``O_APPEND`` descriptor, so a line is whole or absent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+
+EVENTS_SCHEMA = 1
+LogFormat = Literal["auto", "console", "json"]
+
+
+def configure_logging(log_format: LogFormat = "auto", verbose: bool = False) -> None:
+    """Console rendering on a terminal, one JSON object per line otherwise."""
+    use_console = log_format == "console" or (log_format == "auto" and sys.stderr.isatty())
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        if use_console
+        else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.DEBUG if verbose else logging.INFO
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )
+
+
+def new_run_id() -> str:
+    """A short id that ties together every event of one ``ralph run``."""
+    return uuid.uuid4().hex[:12]
+
+
+class EventLog:
+    """Appends timestamped events, one JSON object per line."""
+
+    def __init__(self, path: Path, run_id: str) -> None:
+        self.path = path
+        self.run_id = run_id
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """Append one event; ``fields`` must be JSON-serialisable."""
+        record = {
+            "schema": EVENTS_SCHEMA,
+            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "mono": round(time.monotonic(), 3),
+            "run_id": self.run_id,
+            "event": event,
+            **fields,
+        }
+        line = (json.dumps(record, default=str, ensure_ascii=False) + "\n").encode("utf-8")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """Every whole event in the log (a torn last line from a crash is skipped)."""
+    events = []
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            events.append(record)
+    return events
