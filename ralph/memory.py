@@ -27,7 +27,7 @@ _ANSI = re.compile(
     r"|\x1b[\]PX^_][^\x07\x1b]*(?:\x07|\x1b\\)?"  # OSC, DCS, SOS, PM, APC strings
     r"|\x1b[ -/]*[0-~]"  # any other escape sequence
 )
-_LEADING_MARKS = re.compile(r"(?:(?:#+|[-*+](?= |$)|\d{1,9}[.)](?= |$)) ?)+")
+_LEADING_MARKS = re.compile(r"^(?:(?:#+|[-*+](?= |$)|\d{1,9}[.)](?= |$)) ?)+")
 _BULLET = re.compile(r"(?:[-*+]|\d{1,9}[.)])(?:\s+|$)")
 _HEADING_LINE = re.compile(r"#{1,6}(?:\s|$)")
 _SECTION_END = re.compile(r"#{1,2}(?:[ \t]|\r?\n|$)")
@@ -123,7 +123,7 @@ def normalise(text: str) -> str:
 
 
 def existing_learnings(memory_path: Path) -> list[Learning]:
-    """The entries under the Learnings heading of the memory file, oldest first (missing file: [])."""
+    """The entries under the Learnings heading, oldest first (missing file: [])."""
     try:
         text = memory_path.read_bytes().decode("utf-8", errors="replace")
     except FileNotFoundError:
