@@ -198,6 +198,7 @@ def commit(root: Path, message: str, *, run_hooks: bool) -> str:
                 *options,
                 "commit",
                 "-q",
+                "--allow-empty",  # the gate already decided; allow_empty tasks change nothing
                 *verify,
                 "--cleanup=verbatim",
                 "-F",
