@@ -52,7 +52,7 @@ def register(name: str) -> Callable[[type], type]:
     """Class decorator: make an agent class available as ``agent = "<name>"``."""
 
     def add(cls: type) -> type:
-        cls.name = name
+        setattr(cls, "name", name)  # noqa: B010 - ClassVar set by the registry
         _REGISTRY[name] = cls
         return cls
 

@@ -102,6 +102,10 @@ class DivideTest(unittest.TestCase):
             divide(1, 0)
 """
 
+POWER = (
+    "\n\ndef power(a, n):\n    r = 1\n"
+    "    for _ in range(n):\n        r = multiply(r, a)\n    return r\n"
+)
 ADD = "\n\ndef add(a, b):\n    return a + b\n"
 MULTIPLY_WRONG = "\n\ndef multiply(a, b):\n    return a + b\n"
 MULTIPLY = "\n\ndef multiply(a, b):\n    return a * b\n"
@@ -167,8 +171,7 @@ def script() -> dict[str, object]:
                         "steps": [
                             {
                                 "append": "calc/ops.py",
-                                "content": "\n\ndef power(a, n):\n    r = 1\n"
-                                "    for _ in range(n):\n        r = multiply(r, a)\n    return r\n",
+                                "content": POWER,
                             },
                             {"learn": "Tests run with `python -m unittest`; one file per feature."},
                         ]

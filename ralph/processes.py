@@ -8,6 +8,7 @@ seconds, SIGKILL to the group. anyio's own timeouts would kill only the direct c
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import subprocess
@@ -233,10 +234,8 @@ def stop_group_now(pgid: int) -> None:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is already gone
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass  # the group is already gone
 
 
 def group_alive(pgid: int) -> bool:

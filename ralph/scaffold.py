@@ -50,9 +50,9 @@ where things live. ralph appends what each agent learned under "Learnings".
 
 def guess_checks(root: Path) -> list[str]:
     """Check commands inferred from the files in the repository; empty if none fit."""
-    if (root / "pyproject.toml").exists() or (root / "setup.py").exists():
-        if (root / "tests").is_dir() or (root / "test").is_dir():
-            return ["python -m pytest -q"]
+    python = (root / "pyproject.toml").exists() or (root / "setup.py").exists()
+    if python and ((root / "tests").is_dir() or (root / "test").is_dir()):
+        return ["python -m pytest -q"]
     package = root / "package.json"
     if package.exists():
         try:
