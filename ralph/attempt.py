@@ -8,6 +8,7 @@ trailers or keep the diff and restore the tree. Learnings are kept either way.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from anyio import to_thread
 
 from ralph import memory, repo
 from ralph.agents import Agent, agent_environment
+from ralph.atomic import write_atomic
 from ralph.gate import Verdict, check_verdict, judge_changes, run_checks
 from ralph.processes import ProcessResult, Stop, run_in_group
 from ralph.prompt import PromptContext, build_prompt, failure_summary
@@ -70,6 +72,7 @@ async def run_attempt(worker: Worker, spec: Spec, attempt: int) -> AttemptResult
     prompt_file, learnings_file = attempt_dir / "prompt.md", attempt_dir / "learnings.md"
     prompt_file.write_text(build_prompt(_prompt_context(worker, spec, attempt)), encoding="utf-8")
     learnings_file.touch()
+    await to_thread.run_sync(save_baseline, worker, attempt_dir)
     intent = AttemptIntent(spec.id, attempt, start, worker.branch, str(attempt_dir))
     worker.state.begin_attempt(intent)
     worker.events.emit("attempt_started", task=spec.id, attempt=attempt, start_commit=start)
@@ -144,15 +147,17 @@ async def _judge(
 ) -> Verdict | None:
     """Fold HEAD back, then the gate: the agent's exit, the change, the checks."""
     settings = worker.settings
-    if await to_thread.run_sync(repo.fold_head, worker.root, start, worker.branch):
-        worker.events.emit("head_restored", task=spec.id, start_commit=start)
-        log.warning("ralph.head_restored", detail="the agent moved HEAD; its changes are kept")
+    tampering = await to_thread.run_sync(undo_git_moves, worker, spec.id, start, attempt_dir)
     changes = await to_thread.run_sync(repo.stage_changes, worker.root, start)
-    verdict = _agent_verdict(ran) or judge_changes(
-        changes,
-        protected=settings.protected_globs(),
-        append_only=settings.append_only,
-        allow_empty=spec.allow_empty,
+    verdict = (
+        tampering
+        or _agent_verdict(ran)
+        or judge_changes(
+            changes,
+            protected=settings.protected_globs(),
+            append_only=settings.append_only,
+            allow_empty=spec.allow_empty,
+        )
     )
     if verdict is not None:
         return verdict
@@ -178,6 +183,47 @@ async def _judge(
     if any(result.outcome == "stopped" for result in results):
         return Verdict("interrupted", f"ralph was asked to stop ({worker.stop.reason}).")
     return check_verdict(results)
+
+
+def save_baseline(worker: Worker, attempt_dir: Path) -> None:
+    """Record what the agent must not change behind git's back: .git and ignored files."""
+    baseline = {
+        "git": repo.snapshot_to_json(repo.snapshot_git(worker.root)),
+        "ignored_protected": sorted(
+            repo.ignored_files(worker.root, worker.settings.protected_globs())
+        ),
+    }
+    write_atomic(attempt_dir / "baseline.json", json.dumps(baseline))
+
+
+def undo_git_moves(worker: Worker, task_id: str, start: str, attempt_dir: Path) -> Verdict | None:
+    """Fold HEAD back, put refs and .git files back, remove ignored files in protected paths.
+
+    Moving HEAD or making refs is folded into the change; touching hooks, config or
+    excludes, or hiding files from git in protected paths, fails the attempt.
+    """
+    root = worker.root
+    if repo.fold_head(root, start, worker.branch):
+        worker.events.emit("head_restored", task=task_id, start_commit=start)
+        log.warning("ralph.head_restored", detail="the agent moved HEAD; its changes are kept")
+    try:
+        baseline = json.loads((attempt_dir / "baseline.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # killed before the baseline was written: the agent never started
+    tampered = repo.restore_git(root, repo.snapshot_from_json(baseline["git"]), worker.branch)
+    hidden = repo.ignored_files(root, worker.settings.protected_globs()) - set(
+        baseline["ignored_protected"]
+    )
+    for path in hidden:
+        (root / path).unlink(missing_ok=True)
+    if tampered:
+        return Verdict("git_tampered", f"The agent changed {', '.join(tampered)} (restored).")
+    if hidden:
+        listed = ", ".join(sorted(hidden))
+        return Verdict(
+            "protected", f"The agent added git-ignored files in protected paths: {listed}"
+        )
+    return None
 
 
 def _agent_verdict(ran: ProcessResult) -> Verdict | None:

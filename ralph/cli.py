@@ -21,7 +21,7 @@ from ralph.attempt import Worker
 from ralph.durations import parse_deadline
 from ralph.errors import RalphError, SettingsError, UsageError
 from ralph.lock import RepoLock, lock_holder
-from ralph.processes import Stop
+from ralph.processes import Stop, become_subreaper
 from ralph.scaffold import init_repository
 from ralph.settings import Settings, load_settings
 from ralph.specs import load_specs
@@ -136,6 +136,7 @@ def run(
         raise UsageError(f"specs_dir: {settings.specs_dir} does not exist in {root} (ralph init)")
     with RepoLock(root / repo.STATE_DIR / "lock"):
         repo.ensure_excluded(root)
+        become_subreaper()
         worker = Worker(
             root=root,
             settings=settings,

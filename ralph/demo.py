@@ -18,7 +18,7 @@ OPS = '''\
 """Arithmetic for the demo project."""
 '''
 
-TEST_OPS = '''\
+TEST_OPS = """\
 import unittest
 
 from calc import ops
@@ -27,7 +27,7 @@ from calc import ops
 class OpsTest(unittest.TestCase):
     def test_module_exists(self):
         self.assertTrue(hasattr(ops, "__doc__"))
-'''
+"""
 
 SPECS = {
     "add.md": """\
@@ -200,7 +200,7 @@ def build(base: Path) -> Path:
     script_path.write_text(_to_toml(script()))
     check = f"{shlex.quote(sys.executable)} -m unittest discover -s tests -t ."
     (root / "ralph.toml").write_text(
-        "agent = \"scripted\"\n"
+        'agent = "scripted"\n'
         f"agent_script = {json.dumps(str(script_path))}\n"
         f"checks = [{json.dumps(check)}]\n"
         'append_only = ["tests/**"]\n'

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, timedelta
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)")
+_HINT = "use a number of seconds or e.g. 90s, 30m, 2h"
 
 
 def parse_duration(value: object) -> float:
     """Return seconds for a duration; raise ValueError with the offending value."""
-    if isinstance(value, bool):
-        raise ValueError(f"bad duration {value!r}: use a number of seconds or e.g. 90s, 30m, 2h")
-    if isinstance(value, int | float):
+    if isinstance(value, int | float) and not isinstance(value, bool):
         seconds = float(value)
     elif isinstance(value, str):
         seconds = _parse_text(value.strip().lower())
     else:
-        raise ValueError(f"bad duration {value!r}: use a number of seconds or e.g. 90s, 30m, 2h")
+        raise ValueError(f"bad duration {value!r}: {_HINT}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"bad duration {value!r}: must be a finite number of seconds")
     if seconds <= 0:
         raise ValueError(f"bad duration {value!r}: must be more than zero")
     return seconds
@@ -36,7 +38,7 @@ def _parse_text(text: str) -> float:
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
     if pos != len(text) or not text:
-        raise ValueError(f"bad duration {text!r}: use a number of seconds or e.g. 90s, 30m, 2h")
+        raise ValueError(f"bad duration {text!r}: {_HINT}")
     return total
 
 
@@ -67,7 +69,7 @@ def parse_deadline(text: str, now: datetime) -> datetime:
         return target if target > now else target + timedelta(days=1)
     try:
         return now + timedelta(seconds=parse_duration(text))
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ValueError(
             f"bad deadline {text!r}: use a time of day like 06:00 or a duration like 6h"
         ) from None

@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from anyio.abc import ByteReceiveStream, Process
 
 TAIL_BYTES = 16 * 1024
 _POLL = 0.05
+PR_SET_CHILD_SUBREAPER = 36
+LINUX = sys.platform.startswith("linux")
 
 Outcome = Literal["exited", "timeout", "stopped"]
 
@@ -124,7 +127,7 @@ async def run_in_group(
     stdin_file = stdin.open("rb") if stdin is not None else None
     try:
         proc = await anyio.open_process(
-            list(argv),
+            _with_parent_death_signal(list(argv)),
             stdin=stdin_file if stdin_file is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -161,6 +164,7 @@ async def _supervise(
         group.start_soon(_drain, proc.stdout, log, drained)
         outcome = await _wait_for_exit(proc, timeout, stop)
         await stop_group(proc.pid, grace, stop.forced)
+        await sweep_descendants(grace, stop.forced)
         # A daemon that escaped the group may still hold the pipe: don't wait for it forever.
         with anyio.move_on_after(2):
             await drained.wait()
@@ -228,11 +232,6 @@ async def stop_group(pgid: int, grace: float, forced: anyio.Event | None = None)
                 await anyio.sleep(_POLL)
 
 
-def stop_group_now(pgid: int) -> None:
-    """SIGKILL a whole group at once (for a group left behind by a killed ralph)."""
-    _signal_group(pgid, signal.SIGKILL)
-
-
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):  # the group is already gone
         os.killpg(pgid, sig)
@@ -252,18 +251,11 @@ def group_alive(pgid: int) -> bool:
 
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes whose process group is ``pgid``, read from /proc."""
-    members = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_bytes()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if fields[0] not in (b"Z", b"X") and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
+    return [
+        pid
+        for pid, _ppid, pgrp, state in _proc_table()
+        if pgrp == pgid and state not in (b"Z", b"X")
+    ]
 
 
 async def _reap(proc: Process) -> None:
@@ -272,3 +264,116 @@ async def _reap(proc: Process) -> None:
     with anyio.move_on_after(5):
         await proc.wait()
     await proc.aclose()
+
+
+def _with_parent_death_signal(argv: list[str]) -> list[str]:
+    """On Linux, start ``argv`` through ralph.launch so it gets SIGKILL if ralph dies."""
+    if not LINUX:
+        return argv
+    return [sys.executable, "-I", "-m", "ralph.launch", str(os.getpid()), "--", *argv]
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants (double-forked daemons) children of ralph, not of init.
+
+    Then nothing an agent starts can slip out of reach: sweep_descendants finds it.
+    """
+    if not LINUX:
+        return False
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+
+
+def descendants(root_pid: int) -> list[int]:
+    """Live processes below ``root_pid`` in the process tree, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid, _pgrp, state in _proc_table():
+        if state not in (b"Z", b"X"):
+            children.setdefault(ppid, []).append(pid)
+    found: list[int] = []
+    queue = list(children.get(root_pid, []))
+    while queue:
+        pid = queue.pop()
+        found.append(pid)
+        queue.extend(children.get(pid, []))
+    return found
+
+
+async def sweep_descendants(grace: float, forced: anyio.Event | None = None) -> int:
+    """Stop every process still below ralph (none should be, between two children).
+
+    Catches what left the agent's process group: a daemon that called setsid, which
+    the subreaper made ralph's child. Returns how many were found.
+    """
+    if not LINUX:
+        return 0
+    found = descendants(os.getpid())
+    for pid in found:
+        _signal_pid(pid, signal.SIGTERM)
+    with anyio.move_on_after(grace):
+        while any(_alive(pid) for pid in found) and not (forced and forced.is_set()):
+            await anyio.sleep(_POLL)
+    for pid in found:
+        _signal_pid(pid, signal.SIGKILL)
+    reap_orphans()
+    return len(found)
+
+
+def reap_orphans() -> None:
+    """Collect the exit status of orphans the subreaper made ours, so no zombie stays."""
+    me = os.getpid()
+    for pid, ppid, _pgrp, state in _proc_table():
+        if ppid == me and state == b"Z":
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+
+
+def processes_with_env(needle: bytes) -> list[int]:
+    """Processes whose environment holds ``needle`` (``NAME=value``), other than ralph."""
+    found = []
+    for pid, _ppid, _pgrp, state in _proc_table():
+        if state in (b"Z", b"X") or pid == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if needle in environ:
+            found.append(pid)
+    return found
+
+
+def kill_now(pids: Sequence[int]) -> None:
+    """SIGKILL each of ``pids`` (left behind by a killed ralph)."""
+    for pid in pids:
+        _signal_pid(pid, signal.SIGKILL)
+
+
+def _signal_pid(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 :][:1] not in (b"Z", b"X")
+
+
+def _proc_table() -> list[tuple[int, int, int, bytes]]:
+    """(pid, ppid, process group, state) of every process, from /proc/<pid>/stat."""
+    table = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_bytes()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        table.append((int(entry.name), int(fields[1]), int(fields[2]), fields[0]))
+    return table

@@ -8,16 +8,15 @@ its learnings are kept, and the attempt counts as used.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import structlog
 from anyio import to_thread
 
 from ralph import repo
-from ralph.attempt import Worker, commit_learnings_only
+from ralph.attempt import Worker, commit_learnings_only, undo_git_moves
 from ralph.memory import read_learnings_file
-from ralph.processes import group_members, stop_group_now
+from ralph.processes import kill_now, processes_with_env
 from ralph.specs import load_specs
 from ralph.state import AttemptIntent
 
@@ -34,8 +33,8 @@ async def recover_interrupted_attempt(worker: Worker) -> None:
         _stop_leftover_agent(intent)
         committed = await to_thread.run_sync(_committed_by_ralph, worker.root, intent)
         base = committed or intent.start_commit
-        await to_thread.run_sync(repo.fold_head, worker.root, base, intent.branch)
         attempt_dir = Path(intent.attempt_dir)
+        await to_thread.run_sync(undo_git_moves, worker, intent.task_id, base, attempt_dir)
         changes = await to_thread.run_sync(repo.stage_changes, worker.root, base)
         if changes:
             diff = attempt_dir / "interrupted.diff"
@@ -59,22 +58,17 @@ async def recover_interrupted_attempt(worker: Worker) -> None:
 
 
 def _stop_leftover_agent(intent: AttemptIntent) -> None:
-    """SIGKILL the killed ralph's agent group, if it still runs and is really ours."""
-    if intent.pgid is None:
-        return
-    members = group_members(intent.pgid)
-    if any(_runs_attempt(pid, intent) for pid in members):
-        stop_group_now(intent.pgid)
+    """SIGKILL every process the killed ralph's attempt started, wherever it went.
 
-
-def _runs_attempt(pid: int, intent: AttemptIntent) -> bool:
-    """A reused process group id must not get killed: check the process's environment."""
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    wanted = f"RALPH_PROMPT_FILE={Path(intent.attempt_dir) / 'prompt.md'}".encode()
-    return wanted in environ and pid != os.getpid()
+    Each carries the attempt's RALPH_PROMPT_FILE in its environment: that finds the
+    agent's group and daemons that left it, and never an unrelated process that
+    happens to reuse the recorded process group id.
+    """
+    marker = f"RALPH_PROMPT_FILE={Path(intent.attempt_dir) / 'prompt.md'}".encode()
+    leftovers = processes_with_env(marker)
+    if leftovers:
+        log.warning("ralph.leftover_agent_killed", pids=leftovers)
+        kill_now(leftovers)
 
 
 def _committed_by_ralph(root: Path, intent: AttemptIntent) -> str | None:

@@ -7,13 +7,22 @@ These functions block; the loop calls them through ``anyio.to_thread``.
 
 from __future__ import annotations
 
+import base64
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
 import git
+from tenacity import (
+    retry,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from ralph.errors import RepositoryError
 
@@ -22,6 +31,67 @@ ATTEMPT_TRAILER = "Ralph-Attempt"
 LEARNINGS_TRAILER = "Ralph-Learnings"
 STATE_DIR = ".ralph"
 _FALLBACK_IDENTITY = ("ralph", "ralph@localhost")
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+# What an agent may not change under .git/ (refs are handled separately: folded back).
+GUARDED_GIT_FILES = ("config", "info/exclude", "info/attributes")
+
+
+def _index_locked(exc: BaseException) -> bool:
+    return isinstance(exc, git.GitCommandError) and "index.lock" in str(exc.stderr)
+
+
+def survives_index_lock(func: Callable[P, R]) -> Callable[P, R]:
+    """Retry a git write while ``index.lock`` exists; remove the lock if it is stale.
+
+    A git killed mid-write (with ralph, or by the agent) leaves the lock behind. ralph
+    waits a bounded time for a live git to finish; if no git process works in the
+    repository by then, the lock is stale and is removed, else the error is clear.
+    """
+    patient = retry(
+        retry=retry_if_exception(_index_locked),
+        stop=stop_after_attempt(8) | stop_after_delay(3),
+        wait=wait_exponential(multiplier=0.05, max=0.5),
+        reraise=True,
+    )(func)
+
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return patient(*args, **kwargs)
+        except git.GitCommandError as exc:
+            if not _index_locked(exc):
+                raise
+            root = Path(str(args[0]))
+            lock = Path(git_dir(root)) / "index.lock"
+            if _git_running_in(root):
+                raise RepositoryError(
+                    f"{lock} is held by a running git process; stop it or remove the lock"
+                ) from None
+            lock.unlink(missing_ok=True)
+            return func(*args, **kwargs)
+
+    return run
+
+
+def git_dir(root: Path) -> str:
+    with open_repo(root) as repo:
+        return str(repo.git_dir)
+
+
+def _git_running_in(root: Path) -> bool:
+    """True when a git process other than ours has its working directory in ``root``."""
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if (entry / "comm").read_text().strip() != "git":
+                continue
+            cwd = Path(os.readlink(entry / "cwd"))
+        except OSError:
+            continue
+        if cwd == root or root in cwd.parents:
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -124,6 +194,7 @@ def done_tasks(root: Path) -> set[str]:
     return {line.strip() for line in out.splitlines() if line.strip()}
 
 
+@survives_index_lock
 def fold_head(root: Path, start: str, branch: str) -> bool:
     """Bring HEAD back to ``branch`` at ``start``, keeping the work tree as the agent left it.
 
@@ -146,6 +217,7 @@ def fold_head(root: Path, start: str, branch: str) -> bool:
         return moved
 
 
+@survives_index_lock
 def stage_changes(root: Path, start: str) -> list[Change]:
     """Stage everything the attempt changed (as ``git add -A`` sees it) and list it."""
     with open_repo(root) as repo:
@@ -163,6 +235,7 @@ def save_diff(root: Path, start: str, dest: Path) -> None:
     dest.write_bytes(patch + (b"\n" if patch and not patch.endswith(b"\n") else b""))
 
 
+@survives_index_lock
 def restore(root: Path, start: str) -> None:
     """Put tracked and untracked files back as they are at ``start``; ignored files stay."""
     with open_repo(root) as repo:
@@ -170,12 +243,14 @@ def restore(root: Path, start: str) -> None:
         repo.git.clean("-q", "-f", "-f", "-d")
 
 
+@survives_index_lock
 def stage_paths(root: Path, paths: list[str]) -> None:
     """Stage exactly these paths (for a commit that holds only the memory file)."""
     with open_repo(root) as repo:
         repo.git.add("--", *paths)
 
 
+@survives_index_lock
 def commit(root: Path, message: str, *, run_hooks: bool) -> str:
     """Commit the index with ``message``; return the new commit's id.
 
@@ -213,3 +288,132 @@ def task_message(title: str, trailers: dict[str, str]) -> str:
     subject = " ".join(title.split()) or "ralph task"
     lines = [f"{key}: {value}" for key, value in trailers.items()]
     return f"{subject}\n\n" + "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class GitSnapshot:
+    """What an attempt must leave as it was under .git/: refs, hooks, config, excludes."""
+
+    refs: dict[str, str]
+    files: dict[str, bytes | None]
+    hooks: dict[str, tuple[bytes, int]]
+
+
+def snapshot_to_json(snapshot: GitSnapshot) -> dict[str, object]:
+    """A JSON-ready form, so recovery after a crash can restore .git too."""
+    return {
+        "refs": snapshot.refs,
+        "files": {
+            name: None if data is None else base64.b64encode(data).decode()
+            for name, data in snapshot.files.items()
+        },
+        "hooks": {
+            name: [base64.b64encode(data).decode(), mode]
+            for name, (data, mode) in snapshot.hooks.items()
+        },
+    }
+
+
+def snapshot_from_json(raw: dict[str, Any]) -> GitSnapshot:
+    """The inverse of snapshot_to_json."""
+    return GitSnapshot(
+        refs=dict(raw["refs"]),
+        files={
+            name: None if data is None else base64.b64decode(data)
+            for name, data in raw["files"].items()
+        },
+        hooks={
+            name: (base64.b64decode(data), int(mode)) for name, (data, mode) in raw["hooks"].items()
+        },
+    )
+
+
+def snapshot_git(root: Path) -> GitSnapshot:
+    """Record refs, guarded files and hooks before the agent starts."""
+    with open_repo(root) as repo:
+        common = Path(repo.common_dir)
+        hooks_dir = Path(repo.git_dir) / "hooks"
+        refs = _refs(repo)
+    files = {name: _read_or_none(common / name) for name in GUARDED_GIT_FILES}
+    hooks = {}
+    if hooks_dir.is_dir():
+        for path in sorted(hooks_dir.iterdir()):
+            if path.is_file():
+                hooks[path.name] = (path.read_bytes(), path.stat().st_mode & 0o7777)
+    return GitSnapshot(refs, files, hooks)
+
+
+def restore_git(root: Path, before: GitSnapshot, branch: str) -> list[str]:
+    """Put refs, guarded files and hooks back; return what the agent had tampered with.
+
+    Refs the agent created (branches, tags, a stash) are deleted and refs it moved are
+    put back; those are history, folded into the change, not tampering. Changed hooks,
+    config or excludes are tampering: they are restored and reported.
+    """
+    after = snapshot_git(root)
+    with open_repo(root) as repo:
+        _restore_refs(repo, before.refs, after.refs, keep=f"refs/heads/{branch}")
+        common = Path(repo.common_dir)
+        hooks_dir = Path(repo.git_dir) / "hooks"
+    tampered = []
+    for name, content in before.files.items():
+        if after.files[name] != content:
+            tampered.append(f".git/{name}")
+            _write_or_remove(common / name, content)
+    if after.hooks != before.hooks:
+        tampered.append(".git/hooks")
+        _restore_hooks(hooks_dir, before.hooks, after.hooks)
+    return tampered
+
+
+def _restore_refs(repo: git.Repo, before: dict[str, str], after: dict[str, str], keep: str) -> None:
+    for ref, sha in after.items():
+        if ref == keep or before.get(ref) == sha:
+            continue
+        if ref in before:
+            repo.git.update_ref(ref, before[ref])
+        else:
+            repo.git.update_ref("-d", ref)
+    for ref, sha in before.items():
+        if ref not in after:
+            repo.git.update_ref(ref, sha)
+
+
+def _restore_hooks(
+    hooks_dir: Path, before: dict[str, tuple[bytes, int]], after: dict[str, tuple[bytes, int]]
+) -> None:
+    for name in after.keys() - before.keys():
+        (hooks_dir / name).unlink(missing_ok=True)
+    for name, (content, mode) in before.items():
+        (hooks_dir / name).write_bytes(content)
+        (hooks_dir / name).chmod(mode)
+
+
+def _refs(repo: git.Repo) -> dict[str, str]:
+    out = repo.git.for_each_ref("--format=%(refname) %(objectname)")
+    return dict(line.split(" ", 1) for line in out.splitlines() if line)
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _write_or_remove(path: Path, content: bytes | None) -> None:
+    if content is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+
+
+def ignored_files(root: Path, globs: list[str]) -> set[str]:
+    """Ignored (so never staged) files matching ``globs``: a way to slip files past the gate."""
+    pathspecs = [f":(glob){glob.strip('/')}" for glob in globs]
+    with open_repo(root) as repo:
+        out = repo.git.ls_files(
+            "--others", "--ignored", "--exclude-standard", "-z", "--", *pathspecs
+        )
+    return {path for path in out.split("\0") if path}

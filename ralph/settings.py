@@ -6,35 +6,39 @@ SettingsError naming the key and where its value came from, before anything is t
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator
-from pydantic.fields import FieldInfo
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
-from pydantic_settings import SettingsError as PydanticSettingsError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from ralph.durations import parse_duration
 from ralph.errors import SettingsError
 
+
+def _not_bool(value: object) -> object:
+    # pydantic would read `true` as 1; a switch where a number belongs is a mistake.
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number, not true/false")
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+Count = Annotated[int, BeforeValidator(_not_bool)]
 AgentName = Literal["claude", "codex", "gemini", "opencode", "amp", "aider", "scripted", "command"]
 
 SETTINGS_FILE = "ralph.toml"
 ENV_PREFIX = "RALPH_"
 
 
-class Settings(BaseSettings):
+class Settings(BaseModel):
     """Everything a user can set; see docs/settings.md for the reference."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     agent: AgentName = "claude"
     """Which agent runs each attempt: a preset name, ``scripted`` or ``command``."""
@@ -54,7 +58,7 @@ class Settings(BaseSettings):
     memory_file: Path = Path("AGENTS.md")
     """The memory file agents read and ralph appends learnings to."""
 
-    max_attempts: int = Field(default=3, ge=1, le=100)
+    max_attempts: Count = Field(default=3, ge=1, le=100)
     """Attempts per task, each with a fresh agent."""
 
     attempt_timeout: Duration = 1800.0
@@ -75,7 +79,7 @@ class Settings(BaseSettings):
     poll_interval: Duration = 30.0
     """How often the idle daemon looks for new specs."""
 
-    memory_budget: int = Field(default=32_768, ge=1024)
+    memory_budget: Count = Field(default=32_768, ge=1024)
     """Bytes of the memory file carried in each prompt."""
 
     run_hooks: bool = False
@@ -103,27 +107,6 @@ class Settings(BaseSettings):
         builtin = [f"{self.specs_dir.as_posix()}/**", SETTINGS_FILE, self.memory_file.as_posix()]
         return builtin + [glob for glob in self.protected if glob not in builtin]
 
-    def check_agent(self) -> None:
-        """Raise SettingsError when the chosen agent lacks what it needs."""
-        if self.agent == "command" and not (self.agent_command or "").strip():
-            raise SettingsError('agent_command: required when agent = "command"')
-        if self.agent == "scripted" and self.agent_script is None:
-            raise SettingsError('agent_script: required when agent = "scripted"')
-
-
-class _DictSource(PydanticBaseSettingsSource):
-    """The settings file's table, already read, as a pydantic-settings source."""
-
-    def __init__(self, settings_cls: type[BaseSettings], data: Mapping[str, Any]) -> None:
-        super().__init__(settings_cls)
-        self._data = dict(data)
-
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return self._data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self._data)
-
 
 def read_settings_file(root: Path) -> tuple[dict[str, Any], str]:
     """Return the settings table and a label for it (``ralph.toml`` or ``pyproject.toml``)."""
@@ -148,65 +131,84 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise SettingsError(f"{path.name}: cannot read: {exc.strerror}") from exc
 
 
+def env_name(key: str) -> str:
+    """The environment variable that sets ``key``: ``RALPH_`` and the key in upper case."""
+    return f"{ENV_PREFIX}{key.upper()}"
+
+
 def load_settings(
     root: Path, flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
 ) -> Settings:
-    """Build the settings for the repository at ``root``; raise SettingsError on any problem."""
-    flags = {key: value for key, value in (flags or {}).items() if value is not None}
-    environ = os.environ if environ is None else environ
-    file_data, file_label = read_settings_file(root)
+    """Build the settings for the repository at ``root``; raise SettingsError on any problem.
 
-    class _Loaded(Settings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (init_settings, env_settings, _DictSource(settings_cls, file_data))
-
-    def source_of(key: str) -> str:
-        if key in flags:
-            return f"flag --{key.replace('_', '-')}"
-        if f"{ENV_PREFIX}{key.upper()}" in environ:
-            return f"environment variable {ENV_PREFIX}{key.upper()}"
-        return file_label
-
-    saved = _swap_environ(environ)
+    Each key comes from the last layer that sets it: the settings file, then ``RALPH_<KEY>``
+    in ``environ`` (default ``os.environ``), then ``flags`` (None means the flag wasn't given).
+    """
+    flag_values = {key: value for key, value in (flags or {}).items() if value is not None}
+    file_values, file_label = read_settings_file(root)
+    env_values = _from_environ(os.environ if environ is None else environ)
+    sources = {key: file_label for key in file_values}
+    sources |= {key: f"environment variable {env_name(key)}" for key in env_values}
+    sources |= {key: f"flag --{key.replace('_', '-')}" for key in flag_values}
     try:
-        settings: Settings = _Loaded(**flags)
+        settings = Settings.model_validate({**file_values, **env_values, **flag_values})
     except ValidationError as exc:
-        raise SettingsError(_describe(exc, source_of, file_label)) from None
-    except PydanticSettingsError as exc:
-        raise SettingsError(f"{exc} (lists are written as JSON, e.g. '[\"make test\"]')") from None
-    finally:
-        _swap_environ(saved)
-    settings.check_agent()
+        raise SettingsError(_describe(exc, sources, file_label)) from None
+    _check_agent(settings, sources.get("agent", "the default"))
     return settings
 
 
-def _swap_environ(environ: Mapping[str, str]) -> dict[str, str]:
-    """Point os.environ at ``environ`` for pydantic-settings' env source; return the old one."""
-    old = dict(os.environ)
-    if environ is not os.environ:
-        os.environ.clear()
-        os.environ.update(environ)
-    return old
+def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The settings ``RALPH_<KEY>`` variables give; list settings are written as JSON."""
+    values: dict[str, Any] = {}
+    for key, field in Settings.model_fields.items():
+        name = env_name(key)
+        if name not in environ:
+            continue
+        raw = environ[name]
+        if typing.get_origin(field.annotation) is list:
+            values[key] = _json_list(key, name, raw)
+        else:
+            values[key] = raw
+    return values
 
 
-def _describe(exc: ValidationError, source_of: Any, file_label: str) -> str:
+def _json_list(key: str, name: str, raw: str) -> list[Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, list):
+        raise SettingsError(
+            f"{key}: environment variable {name} must be a JSON list, "
+            f"e.g. {name}='[\"make test\"]': got {raw!r}"
+        )
+    return value
+
+
+def _check_agent(settings: Settings, agent_source: str) -> None:
+    """Raise SettingsError when the chosen agent lacks what it needs."""
+    if settings.agent == "command" and not (settings.agent_command or "").strip():
+        raise SettingsError(
+            f'agent_command: required when agent = "command" (agent from {agent_source})'
+        )
+    if settings.agent == "scripted" and settings.agent_script is None:
+        raise SettingsError(
+            f'agent_script: required when agent = "scripted" (agent from {agent_source})'
+        )
+
+
+def _describe(exc: ValidationError, sources: Mapping[str, str], file_label: str) -> str:
     lines = []
     for error in exc.errors():
         key = ".".join(str(part) for part in error["loc"]) or "settings"
         top = str(error["loc"][0]) if error["loc"] else ""
+        source = sources.get(top, file_label)
         if error["type"] == "extra_forbidden":
-            lines.append(f"{key}: unknown setting (in {source_of(top)})")
+            lines.append(f"{key}: unknown setting (in {source})")
         elif error["type"] == "missing":
             lines.append(f"{key}: required, no default (set it in {file_label})")
         else:
             message = str(error["msg"]).removeprefix("Value error, ")
-            lines.append(f"{key}: {message}: got {error.get('input')!r} (from {source_of(top)})")
+            lines.append(f"{key}: {message}: got {error.get('input')!r} (from {source})")
     return "; ".join(lines)

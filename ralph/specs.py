@@ -19,12 +19,36 @@ from ralph.durations import parse_duration
 
 MAX_SPEC_BYTES = 256 * 1024
 DEFAULT_PRIORITY = 100
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
-_HEADING = re.compile(r"^#[ \t]+(.+?)[ \t#]*$", re.MULTILINE)
+_SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+_ID = re.compile(rf"^{_SEGMENT}(?:/{_SEGMENT})*$")
+# An ATX heading; a closing run of #s needs a space before it, so "# Use C#" keeps its "#".
+_HEADING = re.compile(r"^ {0,3}#[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+_DECLARED_ID = re.compile(
+    rb"^id:[ \t]*(['\"]?)([A-Za-z0-9][A-Za-z0-9._/-]*)\1[ \t]*(?:#.*)?\r?$", re.MULTILINE
+)
 
 
 def _one_or_many(value: object) -> object:
+    # `depends_on: x` means one id; an empty `depends_on:` (YAML null) means none.
+    if value is None:
+        return []
     return [value] if isinstance(value, str) else value
+
+
+def _not_bool(value: object) -> object:
+    # pydantic would read `true` as 1; a switch where a number belongs is a mistake.
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number, not true/false")
+    return value
+
+
+def _optional_duration(value: object) -> float | None:
+    return None if value is None else parse_duration(value)
+
+
+Count = Annotated[int, BeforeValidator(_not_bool)]
+OneOrMany = Annotated[list[str], BeforeValidator(_one_or_many)]
 
 
 class FrontMatter(BaseModel):
@@ -34,11 +58,11 @@ class FrontMatter(BaseModel):
 
     id: str | None = None
     title: str | None = None
-    priority: int = DEFAULT_PRIORITY
-    depends_on: Annotated[list[str], BeforeValidator(_one_or_many)] = Field(default_factory=list)
-    checks: Annotated[list[str], BeforeValidator(_one_or_many)] = Field(default_factory=list)
-    max_attempts: int | None = Field(default=None, ge=1, le=100)
-    timeout: Annotated[float | None, BeforeValidator(parse_duration)] = None
+    priority: Count = DEFAULT_PRIORITY
+    depends_on: OneOrMany = Field(default_factory=list)
+    checks: OneOrMany = Field(default_factory=list)
+    max_attempts: Count | None = Field(default=None, ge=1, le=100)
+    timeout: Annotated[float | None, BeforeValidator(_optional_duration)] = None
     enabled: bool = True
     allow_empty: bool = False
 
@@ -47,7 +71,8 @@ class FrontMatter(BaseModel):
     def _valid_id(cls, value: str | None) -> str | None:
         if value is not None and not _ID.match(value):
             raise ValueError(
-                "use letters, digits and . _ / - (no spaces), starting with a letter or digit"
+                "use letters, digits and . _ / - (no spaces), each part starting with a letter "
+                "or digit"
             )
         return value
 
@@ -152,8 +177,7 @@ def parse_spec(raw: bytes, relative: str, digest: str, display: str | None = Non
         raise SpecError(
             f"id {spec_id!r} comes from the file name; set a plain `id:` in the front matter"
         )
-    heading = _HEADING.search(body)
-    title = front.title or (heading.group(1) if heading else spec_id)
+    title = front.title or _first_heading(body) or spec_id
     return Spec(
         id=spec_id,
         title=" ".join(title.split()),
@@ -170,20 +194,58 @@ def parse_spec(raw: bytes, relative: str, digest: str, display: str | None = Non
     )
 
 
+def _first_heading(body: str) -> str | None:
+    """The text of the first ``# `` heading outside fenced code blocks."""
+    fence = ""
+    for line in body.split("\n"):
+        opened = _FENCE.match(line)
+        if opened:
+            marker = opened.group(1)
+            if not fence:
+                fence = marker
+            elif marker[0] == fence[0] and len(marker) >= len(fence):
+                fence = ""
+            continue
+        heading = None if fence else _HEADING.match(line)
+        if heading and heading.group(1).strip():
+            return heading.group(1)
+    return None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice is an error, not a silent overwrite."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # unhashable: the base class says so
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     """Split ``---`` YAML front matter from the body; raise SpecError when it is malformed."""
-    if not text.startswith("---\n") and text.rstrip("\n") != "---":
+    first, _, rest = text.partition("\n")
+    if first.rstrip() != "---":
         return {}, text
-    lines = text.split("\n")
-    for index, line in enumerate(lines[1:], start=1):
+    lines = rest.split("\n")
+    for index, line in enumerate(lines):
         if line.rstrip() in ("---", "..."):
-            header = "\n".join(lines[1:index])
+            header = "\n".join(lines[:index])
             body = "\n".join(lines[index + 1 :])
             break
     else:
         raise SpecError("front matter opened with --- but never closed")
     try:
-        meta = yaml.safe_load(header)
+        meta = yaml.load(header, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 2}" if mark is not None else ""
@@ -210,8 +272,11 @@ def _describe(exc: ValidationError) -> str:
 
 def _declared_id(raw: bytes) -> str | None:
     """Best effort: the ``id:`` of a spec that is otherwise broken, so dependents find it."""
-    match = re.search(rb"^id:[ \t]*['\"]?([A-Za-z0-9][A-Za-z0-9._/-]*)", raw[:4096], re.MULTILINE)
-    return match.group(1).decode() if match and raw.startswith(b"---") else None
+    head = raw.removeprefix(b"\xef\xbb\xbf")[:4096]
+    match = _DECLARED_ID.search(head) if head.startswith(b"---") else None
+    if match is None or not _ID.match(match.group(2).decode()):
+        return None
+    return match.group(2).decode()
 
 
 def _reject_duplicates(parsed: list[Spec | InvalidSpec]) -> SpecSet:

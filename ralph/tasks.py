@@ -67,7 +67,7 @@ def plan(
     specs = {spec.id: spec for spec in spec_set.specs}
     invalid = {item.id for item in spec_set.invalid}
     states: dict[str, Task] = {}
-    cyclic = _cycles(specs)
+    cyclic = _cycles(specs, done)
     for spec_id in _dependency_order(specs, cyclic):
         spec = specs[spec_id]
         record = records.get(spec_id, TaskRecord())
@@ -123,15 +123,9 @@ def _state_of(
     for dep in spec.depends_on:
         if dep in done:
             continue
-        if dep in invalid:
-            return State.BLOCKED, f"depends on {dep}, whose spec is invalid"
-        if dep not in resolved:
-            return State.BLOCKED, f"depends on unknown task {dep}"
-        dep_task = resolved[dep]
-        if dep_task.state in (State.FAILED, State.BLOCKED):
-            return State.BLOCKED, f"depends on {dep}, which is {dep_task.state.value}"
-        if dep_task.spec is not None and not dep_task.spec.enabled:
-            return State.BLOCKED, f"depends on {dep}, which is disabled"
+        blocker = _blocker(dep, resolved, invalid)
+        if blocker:
+            return State.BLOCKED, blocker
         waiting.append(dep)
     if not spec.enabled:
         return State.PENDING, "disabled (enabled: false)"
@@ -140,9 +134,30 @@ def _state_of(
     return State.PENDING, ""
 
 
-def _cycles(specs: Mapping[str, Spec]) -> dict[str, str]:
-    """Map every task on a dependency cycle to a description of its cycle."""
-    graph = {spec_id: {d for d in spec.depends_on if d in specs} for spec_id, spec in specs.items()}
+def _blocker(dep: str, resolved: Mapping[str, Task], invalid: set[str]) -> str:
+    """Why a dependency that isn't done can never become done, or "" if it still can."""
+    if dep in invalid:
+        return f"depends on {dep}, whose spec is invalid"
+    if dep not in resolved:
+        return f"depends on unknown task {dep}"
+    dep_task = resolved[dep]
+    if dep_task.state in (State.FAILED, State.BLOCKED):
+        return f"depends on {dep}, which is {dep_task.state.value}"
+    if dep_task.spec is not None and not dep_task.spec.enabled:
+        return f"depends on {dep}, which is disabled"
+    return ""
+
+
+def _cycles(specs: Mapping[str, Spec], done: set[str]) -> dict[str, str]:
+    """Map every task on a dependency cycle to a description of its cycle.
+
+    A done task waits for nothing and is waited for by nobody, so it breaks any cycle.
+    """
+    graph = {
+        spec_id: {d for d in spec.depends_on if d in specs and d not in done}
+        for spec_id, spec in specs.items()
+        if spec_id not in done
+    }
     found: dict[str, str] = {}
     while True:
         try:
