@@ -163,8 +163,7 @@ async def _supervise(
         assert proc.stdout is not None
         group.start_soon(_drain, proc.stdout, log, drained)
         outcome = await _wait_for_exit(proc, timeout, stop)
-        await stop_group(proc.pid, grace, stop.forced)
-        await sweep_descendants(grace, stop.forced)
+        await stop_tree(proc.pid, grace, stop.forced)
         # A daemon that escaped the group may still hold the pipe: don't wait for it forever.
         with anyio.move_on_after(2):
             await drained.wait()
@@ -205,31 +204,37 @@ async def _wait_for_exit(proc: Process, timeout: float, stop: Stop) -> Outcome:
     return outcome
 
 
-async def stop_group(pgid: int, grace: float, forced: anyio.Event | None = None) -> None:
-    """SIGTERM the group, wait up to ``grace`` (less if ``forced`` is set), then SIGKILL it."""
-    if not group_alive(pgid):
+async def stop_tree(pgid: int, grace: float, forced: anyio.Event | None = None) -> None:
+    """Stop the group and every other process below ralph, within one grace period.
+
+    SIGTERM to all of them, up to ``grace`` seconds (cut short when ``forced`` is set)
+    for them to exit, then SIGKILL to whatever is left. A daemon that left the group
+    with setsid is below ralph thanks to the subreaper, so it is stopped the same way.
+    """
+    if not _remaining(pgid):
         return
-    _signal_group(pgid, signal.SIGTERM)
+    _signal_all(pgid, signal.SIGTERM)
     with anyio.move_on_after(grace):
-        async with anyio.create_task_group() as group:
+        while _remaining(pgid) and not (forced is not None and forced.is_set()):
+            await anyio.sleep(_POLL)
+    with anyio.move_on_after(5):
+        while _remaining(pgid):
+            _signal_all(pgid, signal.SIGKILL)
+            await anyio.sleep(_POLL)
+    reap_orphans()
 
-            async def gone() -> None:
-                while group_alive(pgid):
-                    await anyio.sleep(_POLL)
-                group.cancel_scope.cancel()
 
-            async def skip() -> None:
-                if forced is not None:
-                    await forced.wait()
-                    group.cancel_scope.cancel()
+def _remaining(pgid: int) -> set[int]:
+    """Live processes of the group and, on Linux, every live descendant of ralph."""
+    if not LINUX:
+        return {pgid} if group_alive(pgid) else set()
+    return set(group_members(pgid)) | set(descendants(os.getpid()))
 
-            group.start_soon(gone)
-            group.start_soon(skip)
-    if group_alive(pgid):
-        _signal_group(pgid, signal.SIGKILL)
-        with anyio.move_on_after(5):
-            while group_alive(pgid):
-                await anyio.sleep(_POLL)
+
+def _signal_all(pgid: int, sig: signal.Signals) -> None:
+    _signal_group(pgid, sig)
+    for pid in _remaining(pgid):
+        _signal_pid(pid, sig)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
@@ -276,7 +281,7 @@ def _with_parent_death_signal(argv: list[str]) -> list[str]:
 def become_subreaper() -> bool:
     """Make orphaned descendants (double-forked daemons) children of ralph, not of init.
 
-    Then nothing an agent starts can slip out of reach: sweep_descendants finds it.
+    Then nothing an agent starts can slip out of reach: stop_tree finds it.
     """
     if not LINUX:
         return False
@@ -287,7 +292,11 @@ def become_subreaper() -> bool:
 
 
 def descendants(root_pid: int) -> list[int]:
-    """Live processes below ``root_pid`` in the process tree, read from /proc."""
+    """Live processes below ``root_pid`` in the process tree, read from /proc.
+
+    Between two children ralph has none, so anything found after a child ended was
+    started by it and must go.
+    """
     children: dict[int, list[int]] = {}
     for pid, ppid, _pgrp, state in _proc_table():
         if state not in (b"Z", b"X"):
@@ -299,26 +308,6 @@ def descendants(root_pid: int) -> list[int]:
         found.append(pid)
         queue.extend(children.get(pid, []))
     return found
-
-
-async def sweep_descendants(grace: float, forced: anyio.Event | None = None) -> int:
-    """Stop every process still below ralph (none should be, between two children).
-
-    Catches what left the agent's process group: a daemon that called setsid, which
-    the subreaper made ralph's child. Returns how many were found.
-    """
-    if not LINUX:
-        return 0
-    found = descendants(os.getpid())
-    for pid in found:
-        _signal_pid(pid, signal.SIGTERM)
-    with anyio.move_on_after(grace):
-        while any(_alive(pid) for pid in found) and not (forced and forced.is_set()):
-            await anyio.sleep(_POLL)
-    for pid in found:
-        _signal_pid(pid, signal.SIGKILL)
-    reap_orphans()
-    return len(found)
 
 
 def reap_orphans() -> None:
