@@ -119,3 +119,36 @@ def test_bad_spec_is_reported_and_skipped(project: Project, raw: bytes, problem:
     assert "specs/bad.md" in result.stderr and problem in result.stderr
     assert project.task_commits() == [("good", "1")]
     assert project.status_json()["bad"]["state"] == "invalid"
+
+
+def test_stale_index_lock_is_removed_and_work_goes_on(project: Project) -> None:
+    """An index.lock left by a killed git (no git process running) doesn't stop the task."""
+    project.spec("task")
+    project.attempts("task", {"steps": [{"write": "x.txt", "content": "x\n"}]})
+    project.commit()
+    (project.root / ".git" / "index.lock").write_text("")
+    project.ralph("run", "--once", check_code=0)
+    assert project.task_commits() == [("task", "1")]
+    assert not (project.root / ".git" / "index.lock").exists()
+
+
+def test_index_lock_held_by_a_running_git_is_a_clear_error(project: Project) -> None:
+    """While a git process works in the repository, its index.lock is never removed."""
+    project.spec("task")
+    project.attempts("task", {"steps": [{"write": "x.txt", "content": "x\n"}]})
+    project.commit()
+    lock = project.root / ".git" / "index.lock"
+    lock.write_text("")
+    # A process whose name is git, working in the repository, stands for a live git.
+    fake_git = project.root.parent / "bin" / "git"
+    fake_git.parent.mkdir()
+    fake_git.symlink_to("/bin/sleep")
+    holder = subprocess.Popen([str(fake_git), "30"], cwd=project.root)
+    try:
+        result = project.ralph("run", "--once", timeout=60)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode != 0
+    assert "index.lock" in result.stderr and "running git process" in result.stderr
+    assert lock.exists()

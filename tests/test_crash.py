@@ -122,3 +122,27 @@ def _commits_failing_the_check(project: Project) -> list[str]:
             if content != "ok":
                 bad.append(f"{sha[:10]}:{name}")
     return bad
+
+
+def test_agent_dies_with_a_sigkilled_ralph(project: Project) -> None:
+    """When ralph is SIGKILLed, its agent gets the parent-death signal and stops at once."""
+    project.spec("slow")
+    project.attempts("slow", {"steps": [{"write": "x.txt", "content": "x\n"}, {"sleep": 60}]})
+    project.commit()
+    proc = project.popen("run", "--once")
+    current = project.root / ".ralph" / "current.json"
+    deadline = time.monotonic() + 20
+    pgid = None
+    while pgid is None and time.monotonic() < deadline:
+        try:
+            pgid = json.loads(current.read_text()).get("pgid")
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    assert pgid is not None, "the attempt never recorded its agent"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    deadline = time.monotonic() + 5
+    while agent_leftovers(project.root) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert agent_leftovers(project.root) == []
