@@ -8,13 +8,14 @@ trailers or keep the diff and restore the tree. Learnings are kept either way.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 from anyio import to_thread
@@ -86,7 +87,7 @@ async def run_attempt(worker: Worker, spec: Spec, attempt: int) -> AttemptResult
     learnings = memory.read_learnings_file(learnings_file)
     if verdict is None:
         worker.state.begin_attempt(dataclasses.replace(intent, phase="committing"))
-        result = await _commit(worker, spec, attempt, start, learnings)
+        result = await _commit(worker, spec, attempt, start, learnings, attempt_dir)
     else:
         result = await _roll_back(worker, spec, attempt, start, verdict, learnings, attempt_dir)
     worker.state.end_attempt()
@@ -147,8 +148,9 @@ async def _judge(
 ) -> Verdict | None:
     """Fold HEAD back, then the gate: the agent's exit, the change, the checks."""
     settings = worker.settings
-    tampering = await to_thread.run_sync(undo_git_moves, worker, spec.id, start, attempt_dir)
-    changes = await to_thread.run_sync(repo.stage_changes, worker.root, start)
+    tampering = await to_thread.run_sync(guard_baseline, worker, spec.id, start, attempt_dir)
+    specs = settings.specs_dir.as_posix()
+    changes = await to_thread.run_sync(repo.stage_changes, worker.root, start, specs)
     verdict = (
         tampering
         or _agent_verdict(ran)
@@ -186,44 +188,88 @@ async def _judge(
 
 
 def save_baseline(worker: Worker, attempt_dir: Path) -> None:
-    """Record what the agent must not change behind git's back: .git and ignored files."""
+    """Record what git's view of the change won't show, before the agent starts.
+
+    That is .git itself (refs, hooks, config), git-ignored files in protected paths, and
+    the specs the user has not committed yet, which are copied aside so no reset of the
+    tree can lose them.
+    """
+    user_specs = _spec_signature(worker)
+    for path, digest in user_specs.items():
+        if digest is not None:
+            copy = attempt_dir / "user-specs" / path
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_bytes((worker.root / path).read_bytes())
     baseline = {
         "git": repo.snapshot_to_json(repo.snapshot_git(worker.root)),
         "ignored_protected": sorted(
             repo.ignored_files(worker.root, worker.settings.protected_globs())
         ),
+        "user_specs": user_specs,
     }
     write_atomic(attempt_dir / "baseline.json", json.dumps(baseline))
 
 
-def undo_git_moves(worker: Worker, task_id: str, start: str, attempt_dir: Path) -> Verdict | None:
-    """Fold HEAD back, put refs and .git files back, remove ignored files in protected paths.
+def _load_baseline(attempt_dir: Path) -> dict[str, Any] | None:
+    try:
+        baseline: dict[str, Any] = json.loads((attempt_dir / "baseline.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return None  # killed before the baseline was written: the agent never started
+    return baseline
 
-    Moving HEAD or making refs is folded into the change; touching hooks, config or
-    excludes, or hiding files from git in protected paths, fails the attempt.
+
+def _spec_signature(worker: Worker) -> dict[str, str | None]:
+    """Uncommitted paths under specs_dir with a hash of their content (None: deleted)."""
+    specs = worker.settings.specs_dir.as_posix()
+    signature: dict[str, str | None] = {}
+    for path in repo.dirty_paths(worker.root, under=specs):
+        full = worker.root / path
+        signature[path] = hashlib.sha256(full.read_bytes()).hexdigest() if full.is_file() else None
+    return signature
+
+
+def guard_baseline(worker: Worker, task_id: str, start: str, attempt_dir: Path) -> Verdict | None:
+    """Undo what the agent did behind git's back, and say whether that fails the attempt.
+
+    Moving HEAD or making refs is folded into the change. Touching hooks, config or
+    excludes, hiding files from git in protected paths, or changing a spec (committed
+    or not) fails the attempt; .git and hidden files are put back at once.
     """
     root = worker.root
     if repo.fold_head(root, start, worker.branch):
         worker.events.emit("head_restored", task=task_id, start_commit=start)
         log.warning("ralph.head_restored", detail="the agent moved HEAD; its changes are kept")
-    try:
-        baseline = json.loads((attempt_dir / "baseline.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None  # killed before the baseline was written: the agent never started
+    baseline = _load_baseline(attempt_dir)
+    if baseline is None:
+        return None
     tampered = repo.restore_git(root, repo.snapshot_from_json(baseline["git"]), worker.branch)
     hidden = repo.ignored_files(root, worker.settings.protected_globs()) - set(
         baseline["ignored_protected"]
     )
     for path in hidden:
         (root / path).unlink(missing_ok=True)
+    before, after = baseline["user_specs"], _spec_signature(worker)
+    specs_touched = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
     if tampered:
         return Verdict("git_tampered", f"The agent changed {', '.join(tampered)} (restored).")
-    if hidden:
-        listed = ", ".join(sorted(hidden))
-        return Verdict(
-            "protected", f"The agent added git-ignored files in protected paths: {listed}"
-        )
+    if hidden or specs_touched:
+        listed = ", ".join(sorted(hidden) + specs_touched)
+        return Verdict("protected", f"The attempt changed protected paths: {listed}")
     return None
+
+
+def reset_tree(worker: Worker, commit: str, attempt_dir: Path) -> None:
+    """Reset the tree to ``commit``, then put back the specs the user had not committed."""
+    repo.restore(worker.root, commit)
+    baseline = _load_baseline(attempt_dir)
+    if baseline is None:
+        return
+    for path, digest in baseline["user_specs"].items():
+        target = worker.root / path
+        if digest is None:
+            target.unlink(missing_ok=True)
+        else:
+            write_atomic(target, (attempt_dir / "user-specs" / path).read_bytes())
 
 
 def _agent_verdict(ran: ProcessResult) -> Verdict | None:
@@ -240,11 +286,11 @@ def _agent_verdict(ran: ProcessResult) -> Verdict | None:
 
 
 async def _commit(
-    worker: Worker, spec: Spec, attempt: int, start: str, learnings: list[str]
+    worker: Worker, spec: Spec, attempt: int, start: str, learnings: list[str], attempt_dir: Path
 ) -> AttemptResult:
     if spec.id in await to_thread.run_sync(repo.done_tasks, worker.root):
         # Never commit a task twice, even if something else committed it meanwhile.
-        await to_thread.run_sync(repo.restore, worker.root, start)
+        await to_thread.run_sync(reset_tree, worker, start, attempt_dir)
         return AttemptResult("already_done")
     added = _add_learnings(worker, spec.id, learnings)
     if added:
@@ -258,7 +304,7 @@ async def _commit(
         lambda: repo.commit(worker.root, message, run_hooks=worker.settings.run_hooks)
     )
     # The checks may have left files behind; the next task starts from exactly the commit.
-    await to_thread.run_sync(repo.restore, worker.root, sha)
+    await to_thread.run_sync(reset_tree, worker, sha, attempt_dir)
     worker.events.emit("committed", task=spec.id, attempt=attempt, commit=sha, learnings=added)
     return AttemptResult("committed", commit=sha)
 
@@ -274,7 +320,7 @@ async def _roll_back(
 ) -> AttemptResult:
     diff = attempt_dir / "changes.diff"
     await to_thread.run_sync(repo.save_diff, worker.root, start, diff)
-    await to_thread.run_sync(repo.restore, worker.root, start)
+    await to_thread.run_sync(reset_tree, worker, start, attempt_dir)
     worker.events.emit(
         "rolled_back",
         task=spec.id,

@@ -29,13 +29,30 @@ class RunOptions:
 async def prepare(worker: Worker) -> None:
     """Clean up after a killed ralph, then refuse a tree with changes ralph didn't make."""
     await recover_interrupted_attempt(worker)
-    dirty = await to_thread.run_sync(repo.dirty_paths, worker.root)
-    if dirty:
-        shown = ", ".join(dirty[:10]) + (f" and {len(dirty) - 10} more" if len(dirty) > 10 else "")
-        raise RepositoryError(
-            f"uncommitted changes in {worker.root}: {shown}; commit or stash them first "
-            "(ralph never touches work it did not make)"
-        )
+    foreign = await foreign_changes(worker)
+    if foreign:
+        raise RepositoryError(foreign)
+
+
+async def foreign_changes(worker: Worker) -> str:
+    """Describe uncommitted changes outside specs_dir (ralph won't work over them), or ''.
+
+    Specs are the user's input and may be new and uncommitted; anything else that is
+    uncommitted is someone's work, which ralph never mixes into a task or rolls back.
+    """
+    specs = worker.settings.specs_dir.as_posix() + "/"
+    dirty = [
+        path
+        for path in await to_thread.run_sync(repo.dirty_paths, worker.root)
+        if not path.startswith(specs)
+    ]
+    if not dirty:
+        return ""
+    shown = ", ".join(dirty[:10]) + (f" and {len(dirty) - 10} more" if len(dirty) > 10 else "")
+    return (
+        f"uncommitted changes in {worker.root}: {shown}; commit or stash them first "
+        "(ralph never touches work it did not make)"
+    )
 
 
 async def run(worker: Worker, options: RunOptions) -> int:
@@ -48,6 +65,13 @@ async def run(worker: Worker, options: RunOptions) -> int:
         _report_invalid(worker, tasks, reported)
         task = next_task(tasks)
         if task is not None and (options.max_tasks is None or attempted < options.max_tasks):
+            foreign = await foreign_changes(worker)
+            if foreign and options.once:
+                raise RepositoryError(foreign)
+            if foreign:
+                log.warning("ralph.waiting_for_clean_tree", detail=foreign)
+                await idle(worker)
+                continue
             await run_task(worker, task)
             attempted += 1
         elif options.once or task is not None:

@@ -14,7 +14,7 @@ import structlog
 from anyio import to_thread
 
 from ralph import repo
-from ralph.attempt import Worker, commit_learnings_only, undo_git_moves
+from ralph.attempt import Worker, commit_learnings_only, guard_baseline, reset_tree
 from ralph.memory import read_learnings_file
 from ralph.processes import kill_now, processes_with_env
 from ralph.specs import load_specs
@@ -34,12 +34,13 @@ async def recover_interrupted_attempt(worker: Worker) -> None:
         committed = await to_thread.run_sync(_committed_by_ralph, worker.root, intent)
         base = committed or intent.start_commit
         attempt_dir = Path(intent.attempt_dir)
-        await to_thread.run_sync(undo_git_moves, worker, intent.task_id, base, attempt_dir)
-        changes = await to_thread.run_sync(repo.stage_changes, worker.root, base)
+        await to_thread.run_sync(guard_baseline, worker, intent.task_id, base, attempt_dir)
+        specs = worker.settings.specs_dir.as_posix()
+        changes = await to_thread.run_sync(repo.stage_changes, worker.root, base, specs)
         if changes:
             diff = attempt_dir / "interrupted.diff"
             await to_thread.run_sync(repo.save_diff, worker.root, base, diff)
-        await to_thread.run_sync(repo.restore, worker.root, base)
+        await to_thread.run_sync(reset_tree, worker, base, attempt_dir)
         learnings = read_learnings_file(attempt_dir / "learnings.md")
         await commit_learnings_only(worker, intent.task_id, intent.attempt, learnings)
         if committed is None:

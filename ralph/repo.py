@@ -166,10 +166,11 @@ def ensure_excluded(root: Path) -> None:
         handle.write(f"{prefix}# ralph's runtime state and logs\n{line}\n")
 
 
-def dirty_paths(root: Path) -> list[str]:
+def dirty_paths(root: Path, under: str | None = None) -> list[str]:
     """Tracked changes and untracked files, as ``git status`` lists them (ignored ones not)."""
+    pathspec = ["--", f":(top){under}"] if under else []
     with open_repo(root) as repo:
-        out = repo.git.status("--porcelain=v1", "-z", "--untracked-files=all")
+        out = repo.git.status("--porcelain=v1", "-z", "--untracked-files=all", *pathspec)
     entries = [entry for entry in out.split("\0") if entry]
     paths: list[str] = []
     skip = False
@@ -218,10 +219,18 @@ def fold_head(root: Path, start: str, branch: str) -> bool:
 
 
 @survives_index_lock
-def stage_changes(root: Path, start: str) -> list[Change]:
-    """Stage everything the attempt changed (as ``git add -A`` sees it) and list it."""
+def stage_changes(root: Path, start: str, leave_out: str | None = None) -> list[Change]:
+    """Stage everything the attempt changed (as ``git add -A`` sees it) and list it.
+
+    ``leave_out`` (the specs folder) is never part of the change: specs the user has
+    not committed yet stay theirs, uncommitted.
+    """
     with open_repo(root) as repo:
-        repo.git.add(A=True)
+        if leave_out:
+            repo.git.add("-A", "--", ":/", f":(top,exclude){leave_out}")
+            repo.git.reset("-q", start, "--", f":(top){leave_out}")
+        else:
+            repo.git.add(A=True)
         out = repo.git.diff("--cached", "--name-status", "--no-renames", "-z", start)
     parts = [part for part in out.split("\0") if part]
     return [Change(status[0], path) for status, path in zip(parts[::2], parts[1::2], strict=True)]

@@ -68,7 +68,7 @@ def plan(
     invalid = {item.id for item in spec_set.invalid}
     states: dict[str, Task] = {}
     cyclic = _cycles(specs, done)
-    for spec_id in _dependency_order(specs, cyclic):
+    for spec_id in _dependency_order(specs, cyclic, done):
         spec = specs[spec_id]
         record = records.get(spec_id, TaskRecord())
         state, reason = _state_of(spec, record, done, running, states, invalid, cyclic)
@@ -171,9 +171,14 @@ def _cycles(specs: Mapping[str, Spec], done: set[str]) -> dict[str, str]:
                 graph[node] = set()
 
 
-def _dependency_order(specs: Mapping[str, Spec], cyclic: Mapping[str, str]) -> list[str]:
+def _dependency_order(
+    specs: Mapping[str, Spec], cyclic: Mapping[str, str], done: set[str]
+) -> list[str]:
+    """Task ids with every dependency before its dependents (cycles and done edges cut)."""
     graph = {
-        spec_id: {d for d in spec.depends_on if d in specs} if spec_id not in cyclic else set()
+        spec_id: set()
+        if spec_id in cyclic or spec_id in done
+        else {d for d in spec.depends_on if d in specs and d not in done}
         for spec_id, spec in specs.items()
     }
     return list(graphlib.TopologicalSorter(graph).static_order())

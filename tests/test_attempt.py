@@ -363,3 +363,53 @@ def test_events_record_every_step_of_an_attempt(project: Project) -> None:
     assert len({e["run_id"] for e in events}) == 1
     assert all("ts" in e for e in events)
     json.dumps(events)  # every event is plain JSON
+
+
+def test_uncommitted_spec_is_run_and_left_uncommitted(project: Project) -> None:
+    """A spec the user hasn't committed is worked on, and stays theirs: uncommitted, unchanged."""
+    project.attempts("new", {"steps": [{"write": "x.txt", "content": "x\n"}]})
+    project.commit()
+    spec = project.spec("new")
+    text = spec.read_text()
+    project.ralph("run", "--once", check_code=0)
+    assert project.task_commits() == [("new", "1")]
+    assert project.git("show", "--name-only", "--format=", "HEAD").split() == ["x.txt"]
+    assert spec.read_text() == text
+    assert project.git("status", "--porcelain", "-uall").strip() == "?? specs/new.md"
+
+
+@pytest.mark.parametrize(
+    ("steps", "reason"),
+    [
+        ([{"write": "x.txt", "content": "x\n"}], "check_failed"),
+        (
+            [{"write": "x.txt", "content": "x\n"}, {"append": "specs/new.md", "content": "more"}],
+            "protected",
+        ),
+        ([{"write": "x.txt", "content": "x\n"}, {"delete": "specs/new.md"}], "protected"),
+    ],
+    ids=["failing-check", "agent-edits-it", "agent-deletes-it"],
+)
+def test_rollback_never_loses_an_uncommitted_spec(
+    project: Project, steps: list[dict[str, str]], reason: str
+) -> None:
+    """However an attempt fails, the user's uncommitted spec comes back byte for byte."""
+    project.configure(checks=["test ! -f x.txt || false"] if reason == "check_failed" else ["true"])
+    project.attempts("new", {"steps": steps})
+    project.commit()
+    spec = project.spec("new", max_attempts=1)
+    text = spec.read_bytes()
+    project.ralph("run", "--once", check_code=1)
+    assert [e["reason"] for e in project.events() if e["event"] == "rolled_back"] == [reason]
+    assert spec.read_bytes() == text
+    assert project.task_commits() == []
+
+
+def test_uncommitted_change_outside_specs_stops_a_batch(project: Project) -> None:
+    """Uncommitted work outside specs/ stops `run --once` with exit 2 naming it."""
+    project.spec("task")
+    project.commit()
+    project.write("README.md", "edited by a person\n")
+    result = project.ralph("run", "--once", check_code=2)
+    assert "README.md" in result.stderr
+    assert (project.root / "README.md").read_text() == "edited by a person\n"
