@@ -121,7 +121,7 @@ class ScriptedAgent:
     name: ClassVar[str]
 
     def __init__(self, settings: Settings, root: Path) -> None:
-        assert settings.agent_script is not None  # Settings.check_agent guarantees it
+        assert settings.agent_script is not None  # load_settings guarantees it
         self._script = (root / settings.agent_script).resolve()
         if not self._script.is_file():
             raise SettingsError(f"agent_script: {self._script} does not exist")

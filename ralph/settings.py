@@ -14,7 +14,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from ralph.durations import parse_duration
 from ralph.errors import SettingsError
@@ -35,10 +42,25 @@ SETTINGS_FILE = "ralph.toml"
 ENV_PREFIX = "RALPH_"
 
 
-class Settings(BaseModel):
-    """Everything a user can set; see docs/settings.md for the reference."""
+class Settings(BaseSettings):
+    """Everything a user can set; see docs/settings.md for the reference.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Build it with load_settings, which layers file, environment and flags; constructed
+    directly it reads nothing but its arguments.
+    """
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, env_prefix=ENV_PREFIX)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
 
     agent: AgentName = "claude"
     """Which agent runs each attempt: a preset name, ``scripted`` or ``command``."""
@@ -151,11 +173,53 @@ def load_settings(
     sources |= {key: f"environment variable {env_name(key)}" for key in env_values}
     sources |= {key: f"flag --{key.replace('_', '-')}" for key in flag_values}
     try:
-        settings = Settings.model_validate({**file_values, **env_values, **flag_values})
+        settings = _layered(root, flag_values, environ, file_values)
     except ValidationError as exc:
         raise SettingsError(_describe(exc, sources, file_label)) from None
     _check_agent(settings, sources.get("agent", "the default"))
     return settings
+
+
+def _layered(
+    root: Path,
+    flags: dict[str, Any],
+    environ: Mapping[str, str] | None,
+    file_values: dict[str, Any],
+) -> Settings:
+    """pydantic-settings layers the sources: flags over RALPH_* variables over the file."""
+
+    class Layered(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (
+                init_settings,
+                _EnvironSource(settings_cls, os.environ if environ is None else environ),
+                InitSettingsSource(settings_cls, init_kwargs=file_values),
+            )
+
+    return Settings.model_validate(Layered(**flags).model_dump())
+
+
+class _EnvironSource(EnvSettingsSource):
+    """``RALPH_<KEY>`` variables, spelled exactly so, from the environment ralph was given."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls, case_sensitive=False, env_prefix=ENV_PREFIX)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {
+            name.lower(): value
+            for name, value in self._environ.items()
+            if name.startswith(ENV_PREFIX) and name == name.upper()
+        }
 
 
 def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
