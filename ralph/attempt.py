@@ -87,8 +87,12 @@ async def run_attempt(worker: Worker, spec: Spec, attempt: int) -> AttemptResult
     learnings = memory.read_learnings_file(learnings_file)
     if verdict is None:
         worker.state.begin_attempt(dataclasses.replace(intent, phase="committing"))
-        result = await _commit(worker, spec, attempt, start, learnings, attempt_dir)
-    else:
+        try:
+            result = await _commit(worker, spec, attempt, start, learnings)
+        except repo.CommitRejected as exc:
+            # With run_hooks, a hook may refuse the commit: that is the gate saying no.
+            verdict = Verdict("commit_rejected", failure_summary(str(exc), exc.output))
+    if verdict is not None:
         result = await _roll_back(worker, spec, attempt, start, verdict, learnings, attempt_dir)
     worker.state.end_attempt()
     return result
@@ -151,8 +155,10 @@ async def _judge(
     tampering = await to_thread.run_sync(guard_baseline, worker, spec.id, start, attempt_dir)
     specs = settings.specs_dir.as_posix()
     changes = await to_thread.run_sync(repo.stage_changes, worker.root, start, specs)
+    interrupted = _agent_verdict(ran) if ran.outcome == "stopped" else None
     verdict = (
-        tampering
+        interrupted  # a stop is nobody's fault: the attempt must not count
+        or tampering
         or _agent_verdict(ran)
         or judge_changes(
             changes,
@@ -250,6 +256,8 @@ def guard_baseline(worker: Worker, task_id: str, start: str, attempt_dir: Path) 
         (root / path).unlink(missing_ok=True)
     before, after = baseline["user_specs"], _spec_signature(worker)
     specs_touched = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
+    if specs_touched:
+        _revert_specs(worker, start, attempt_dir, specs_touched, before)
     if tampered:
         return Verdict("git_tampered", f"The agent changed {', '.join(tampered)} (restored).")
     if hidden or specs_touched:
@@ -258,18 +266,33 @@ def guard_baseline(worker: Worker, task_id: str, start: str, attempt_dir: Path) 
     return None
 
 
-def reset_tree(worker: Worker, commit: str, attempt_dir: Path) -> None:
-    """Reset the tree to ``commit``, then put back the specs the user had not committed."""
-    repo.restore(worker.root, commit)
-    baseline = _load_baseline(attempt_dir)
-    if baseline is None:
-        return
-    for path, digest in baseline["user_specs"].items():
+def _revert_specs(
+    worker: Worker, start: str, attempt_dir: Path, paths: list[str], before: dict[str, Any]
+) -> None:
+    """Put specs back as they were before the attempt; keep what was found in their place.
+
+    ralph can't tell an agent's edit from a person's made during the attempt, so the
+    found version is moved aside, never deleted, and the log says where.
+    """
+    tracked = set(repo.tracked_files(worker.root, start, paths))
+    for path in paths:
         target = worker.root / path
-        if digest is None:
-            target.unlink(missing_ok=True)
-        else:
+        if target.is_file():
+            aside = attempt_dir / "specs-changed-during-attempt" / path
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            aside.write_bytes(target.read_bytes())
+            log.warning("ralph.spec_moved_aside", path=path, kept_at=str(aside))
+        if before.get(path) is not None:
             write_atomic(target, (attempt_dir / "user-specs" / path).read_bytes())
+        elif path not in before and path in tracked:
+            repo.checkout_paths(worker.root, start, [path])
+        else:
+            target.unlink(missing_ok=True)
+
+
+def reset_tree(worker: Worker, commit: str) -> None:
+    """Reset the tree to ``commit``, leaving the specs folder as it is."""
+    repo.restore(worker.root, commit, keep=worker.settings.specs_dir.as_posix())
 
 
 def _agent_verdict(ran: ProcessResult) -> Verdict | None:
@@ -286,11 +309,11 @@ def _agent_verdict(ran: ProcessResult) -> Verdict | None:
 
 
 async def _commit(
-    worker: Worker, spec: Spec, attempt: int, start: str, learnings: list[str], attempt_dir: Path
+    worker: Worker, spec: Spec, attempt: int, start: str, learnings: list[str]
 ) -> AttemptResult:
     if spec.id in await to_thread.run_sync(repo.done_tasks, worker.root):
         # Never commit a task twice, even if something else committed it meanwhile.
-        await to_thread.run_sync(reset_tree, worker, start, attempt_dir)
+        await to_thread.run_sync(reset_tree, worker, start)
         return AttemptResult("already_done")
     added = _add_learnings(worker, spec.id, learnings)
     if added:
@@ -304,7 +327,7 @@ async def _commit(
         lambda: repo.commit(worker.root, message, run_hooks=worker.settings.run_hooks)
     )
     # The checks may have left files behind; the next task starts from exactly the commit.
-    await to_thread.run_sync(reset_tree, worker, sha, attempt_dir)
+    await to_thread.run_sync(reset_tree, worker, sha)
     worker.events.emit("committed", task=spec.id, attempt=attempt, commit=sha, learnings=added)
     return AttemptResult("committed", commit=sha)
 
@@ -320,7 +343,7 @@ async def _roll_back(
 ) -> AttemptResult:
     diff = attempt_dir / "changes.diff"
     await to_thread.run_sync(repo.save_diff, worker.root, start, diff)
-    await to_thread.run_sync(reset_tree, worker, start, attempt_dir)
+    await to_thread.run_sync(reset_tree, worker, start)
     worker.events.emit(
         "rolled_back",
         task=spec.id,
@@ -348,9 +371,14 @@ async def commit_learnings_only(
     message = repo.task_message(
         f"Learnings from attempt {attempt} of {task_id}", {repo.LEARNINGS_TRAILER: task_id}
     )
-    await to_thread.run_sync(
-        lambda: repo.commit(worker.root, message, run_hooks=worker.settings.run_hooks)
-    )
+    try:
+        await to_thread.run_sync(
+            lambda: repo.commit(worker.root, message, run_hooks=worker.settings.run_hooks)
+        )
+    except repo.CommitRejected as exc:
+        # The learnings stay in the attempt's learnings.md; the tree must stay clean.
+        await to_thread.run_sync(repo.checkout_paths, worker.root, "HEAD", [memory_path])
+        log.error("ralph.learnings_not_committed", reason=str(exc), output=exc.output[-500:])
 
 
 def _add_learnings(worker: Worker, task_id: str, learnings: list[str]) -> int:

@@ -124,12 +124,10 @@ def run(
     root = app.root()
     settings = app.settings(root, agent=agent, max_attempts=max_attempts)
     deadline_at = _deadline(deadline)
+    problems = _agent_problems(settings, root)
+    if problems:
+        raise SettingsError(problems[0])
     the_agent = agents.make_agent(settings, root)
-    if agents.resolve_executable(the_agent.executable(), root) is None:
-        raise SettingsError(
-            f"agent: the {settings.agent} agent's executable {the_agent.executable()!r} "
-            "is not on PATH (or not executable)"
-        )
     branch = repo.current_branch(root)
     specs_root = root / settings.specs_dir
     if not specs_root.is_dir():
@@ -162,11 +160,11 @@ def _deadline(text: str | None) -> datetime | None:
 
 
 async def _serve(worker: Worker, options: loop.RunOptions, deadline: datetime | None) -> int:
-    await loop.prepare(worker)
     async with anyio.create_task_group() as group:
         group.start_soon(_watch_signals, worker.stop)
         if deadline is not None:
             group.start_soon(_stop_at, deadline, worker.stop)
+        await loop.prepare(worker)  # recovery finishes even if a signal arrives meanwhile
         code = await loop.run(worker, options)
         group.cancel_scope.cancel()
     return code
@@ -237,7 +235,7 @@ def validate(app: Context) -> None:
     if not (root / settings.specs_dir).is_dir():
         click.echo(f"specs_dir: {settings.specs_dir} does not exist")
         sys.exit(1)
-    problems = [
+    problems = _agent_problems(settings, root) + [
         task.reason if task.state is State.INVALID else f"{task.path}: {task.reason}"
         for task in _tasks(root, settings)
         if task.state in (State.INVALID, State.BLOCKED) and not _blocked_by_failure(task)
@@ -248,6 +246,17 @@ def validate(app: Context) -> None:
         click.echo(f"{len(problems)} problem(s) found", err=True)
         sys.exit(1)
     click.echo("settings and specs are valid")
+
+
+def _agent_problems(settings: Settings, root: Path) -> list[str]:
+    """Why the configured agent can't run, if it can't."""
+    try:
+        the_agent = agents.make_agent(settings, root)
+    except SettingsError as exc:
+        return [str(exc)]
+    if agents.resolve_executable(the_agent.executable(), root) is None:
+        return [f"agent: executable {the_agent.executable()!r} is not on PATH (or not executable)"]
+    return []
 
 
 def _blocked_by_failure(task: Task) -> bool:

@@ -61,10 +61,12 @@ async def run(worker: Worker, options: RunOptions) -> int:
     attempted = 0
     reported: set[str] = set()
     while not worker.stop.is_requested:
+        if options.max_tasks is not None and attempted >= options.max_tasks:
+            break
         tasks = await scan(worker)
         _report_invalid(worker, tasks, reported)
         task = next_task(tasks)
-        if task is not None and (options.max_tasks is None or attempted < options.max_tasks):
+        if task is not None:
             foreign = await foreign_changes(worker)
             if foreign and options.once:
                 raise RepositoryError(foreign)
@@ -74,7 +76,7 @@ async def run(worker: Worker, options: RunOptions) -> int:
                 continue
             await run_task(worker, task)
             attempted += 1
-        elif options.once or task is not None:
+        elif options.once:
             break
         else:
             await idle(worker)

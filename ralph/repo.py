@@ -33,6 +33,14 @@ STATE_DIR = ".ralph"
 _FALLBACK_IDENTITY = ("ralph", "ralph@localhost")
 
 
+class CommitRejected(RepositoryError):
+    """git refused ralph's commit (a hook with run_hooks, a signing failure...)."""
+
+    def __init__(self, message: str, output: str) -> None:
+        super().__init__(message)
+        self.output = output
+
+
 P = ParamSpec("P")
 R = TypeVar("R")
 # What an agent may not change under .git/ (refs are handled separately: folded back).
@@ -245,11 +253,39 @@ def save_diff(root: Path, start: str, dest: Path) -> None:
 
 
 @survives_index_lock
-def restore(root: Path, start: str) -> None:
-    """Put tracked and untracked files back as they are at ``start``; ignored files stay."""
+def restore(root: Path, start: str, keep: str | None = None) -> None:
+    """Put tracked and untracked files back as they are at ``start``; ignored files stay.
+
+    Nothing under ``keep`` (the specs folder) is touched: specs being written by a
+    person while an attempt runs must survive its rollback.
+    """
     with open_repo(root) as repo:
-        repo.git.reset("-q", "--hard", start)
-        repo.git.clean("-q", "-f", "-f", "-d")
+        if keep is None:
+            repo.git.reset("-q", "--hard", start)
+            repo.git.clean("-q", "-f", "-f", "-d")
+            return
+        outside = ["--", ":/", f":(top,exclude){keep}"]
+        repo.git.reset("-q", start)
+        try:
+            repo.git.checkout("-q", *outside)
+        except git.GitCommandError as exc:
+            if "did not match" not in str(exc.stderr):
+                raise  # else nothing outside ``keep`` is tracked: nothing to check out
+        repo.git.clean("-q", "-f", "-f", "-d", *outside)
+
+
+def tracked_files(root: Path, commit: str, paths: list[str]) -> list[str]:
+    """Which of ``paths`` exist in ``commit``."""
+    with open_repo(root) as repo:
+        out = repo.git.ls_tree("-r", "--name-only", "-z", commit, "--", *paths)
+    return [path for path in out.split("\0") if path]
+
+
+@survives_index_lock
+def checkout_paths(root: Path, commit: str, paths: list[str]) -> None:
+    """Put ``paths`` back as they are in ``commit``."""
+    with open_repo(root) as repo:
+        repo.git.checkout("-q", commit, "--", *paths)
 
 
 @survives_index_lock
@@ -276,19 +312,25 @@ def commit(root: Path, message: str, *, run_hooks: bool) -> str:
             name, email = _FALLBACK_IDENTITY
             options += ["-c", f"user.name={name}", "-c", f"user.email={email}"]
         verify = [] if run_hooks else ["--no-verify"]
-        repo.git.execute(
-            [
-                "git",
-                *options,
-                "commit",
-                "-q",
-                "--allow-empty",  # the gate already decided; allow_empty tasks change nothing
-                *verify,
-                "--cleanup=verbatim",
-                "-F",
-                str(message_file),
-            ]
-        )
+        try:
+            repo.git.execute(
+                [
+                    "git",
+                    *options,
+                    "commit",
+                    "-q",
+                    "--allow-empty",  # the gate already decided; allow_empty tasks change nothing
+                    *verify,
+                    "--cleanup=verbatim",
+                    "-F",
+                    str(message_file),
+                ]
+            )
+        except git.GitCommandError as exc:
+            if _index_locked(exc):
+                raise
+            output = f"{exc.stdout or ''}{exc.stderr or ''}".strip()
+            raise CommitRejected("git refused the commit", output) from None
         return repo.head.commit.hexsha
 
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic import BeforeValidator, Field, PrivateAttr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -124,9 +124,21 @@ class Settings(BaseSettings):
             raise ValueError(f"{value} must be a path inside the repository")
         return value
 
+    _settings_file: str = PrivateAttr(default=SETTINGS_FILE)
+
     def protected_globs(self) -> list[str]:
-        """The globs the agent may not touch: the built-in ones plus ``protected``."""
-        builtin = [f"{self.specs_dir.as_posix()}/**", SETTINGS_FILE, self.memory_file.as_posix()]
+        """The globs the agent may not touch: the built-in ones plus ``protected``.
+
+        The file the settings came from is one of them (``pyproject.toml`` when they
+        live in ``[tool.ralph]``): an agent must not rewrite its own checks.
+        """
+        builtin = [
+            f"{self.specs_dir.as_posix()}/**",
+            SETTINGS_FILE,
+            self._settings_file,
+            self.memory_file.as_posix(),
+        ]
+        builtin = list(dict.fromkeys(builtin))
         return builtin + [glob for glob in self.protected if glob not in builtin]
 
 
@@ -177,6 +189,7 @@ def load_settings(
     except ValidationError as exc:
         raise SettingsError(_describe(exc, sources, file_label)) from None
     _check_agent(settings, sources.get("agent", "the default"))
+    settings._settings_file = file_label.split()[0]
     return settings
 
 
@@ -222,8 +235,25 @@ class _EnvironSource(EnvSettingsSource):
         }
 
 
+# Set by ralph for its agents, not settings; a nested ralph inherits them.
+AGENT_VARIABLES = frozenset(
+    {"RALPH_TASK_ID", "RALPH_ATTEMPT", "RALPH_PROMPT_FILE", "RALPH_LEARNINGS_FILE"}
+)
+
+
 def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
-    """The settings ``RALPH_<KEY>`` variables give; list settings are written as JSON."""
+    """The settings ``RALPH_<KEY>`` variables give; list settings are written as JSON.
+
+    A ``RALPH_`` variable that names no setting is an error, so a misspelt one can't be
+    silently ignored.
+    """
+    known = {env_name(key) for key in Settings.model_fields} | AGENT_VARIABLES
+    unknown = sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in known)
+    if unknown:
+        raise SettingsError(
+            f"{unknown[0][len(ENV_PREFIX) :].lower()}: unknown setting "
+            f"(in environment variable {unknown[0]})"
+        )
     values: dict[str, Any] = {}
     for key, field in Settings.model_fields.items():
         name = env_name(key)

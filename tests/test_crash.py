@@ -1,9 +1,9 @@
 """Fault injection: SIGKILL ralph at random moments, restart it, and check nothing is lost.
 
-The number of kills and the seed come from RALPH_FAULT_KILLS and RALPH_FAULT_SEED, so a
+The number of kills and the seed come from FAULT_KILLS and FAULT_SEED, so a
 longer campaign runs by hand with the same test:
 
-    RALPH_FAULT_KILLS=200 RALPH_FAULT_SEED=7 .venv/bin/python -m pytest tests/test_crash.py -s
+    FAULT_KILLS=200 FAULT_SEED=7 .venv/bin/python -m pytest tests/test_crash.py -s
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def build_backlog(project: Project) -> None:
 
 def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(project: Project) -> None:
     """After many SIGKILLs and restarts every task is committed once, checked, and clean."""
-    kills_wanted = int(os.environ.get("RALPH_FAULT_KILLS", "20"))
-    rng = random.Random(int(os.environ.get("RALPH_FAULT_SEED", "1")))
+    kills_wanted = int(os.environ.get("FAULT_KILLS", "20"))
+    rng = random.Random(int(os.environ.get("FAULT_SEED", "1")))
     build_backlog(project)
     kills = 0
     runs = 0

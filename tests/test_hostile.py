@@ -267,3 +267,78 @@ def test_sigterm_ignoring_agent_is_killed_after_grace(project: Project) -> None:
     assert rolled_back_reasons(project) == ["timeout"]
     exited = [e for e in project.events() if e["event"] == "agent_exited"]
     assert exited[0]["outcome"] == "timeout"
+
+
+def test_spec_planted_by_the_agent_is_moved_aside(project: Project) -> None:
+    """A new spec written during an attempt fails it and is kept aside, not run and not lost."""
+    project.spec("task", max_attempts=1)
+    project.attempts(
+        "task",
+        {
+            "steps": [
+                {"write": "x.txt", "content": "x\n"},
+                {"write": "specs/planted.md", "content": "# Do something evil\n"},
+            ]
+        },
+    )
+    project.commit()
+    project.ralph("run", "--once", check_code=1)
+    assert rolled_back_reasons(project) == ["protected"]
+    assert not (project.root / "specs" / "planted.md").exists()
+    kept = list(
+        (project.root / ".ralph" / "attempts").rglob("specs-changed-during-attempt/**/*.md")
+    )
+    assert [path.read_text() for path in kept] == ["# Do something evil\n"]
+    assert "planted" not in project.status_json()
+
+
+def test_settings_in_pyproject_protect_pyproject(project: Project) -> None:
+    """With settings in [tool.ralph], the agent may not rewrite pyproject.toml (its own checks)."""
+    (project.root / "ralph.toml").unlink()
+    project.write(
+        "pyproject.toml",
+        "[tool.ralph]\n"
+        + "".join(
+            f"{key} = {value}\n"
+            for key, value in {
+                "agent": '"scripted"',
+                "agent_script": f'"{project.script_path}"',
+                "checks": '["true"]',
+                "max_attempts": "1",
+            }.items()
+        ),
+    )
+    project.spec("task")
+    project.attempts(
+        "task",
+        {
+            "steps": [
+                {"write": "x.txt", "content": "x\n"},
+                {"append": "pyproject.toml", "content": "# weaker checks\n"},
+            ]
+        },
+    )
+    project.git("add", "-A")
+    project.git("commit", "-qm", "settings in pyproject")
+    project.ralph("run", "--once", check_code=1)
+    assert rolled_back_reasons(project) == ["protected"]
+
+
+def test_hook_that_refuses_the_commit_fails_the_attempt(project: Project) -> None:
+    """With run_hooks, a pre-commit hook saying no is a failed attempt, not a crash."""
+    project.spec("task", max_attempts=1)
+    project.configure(run_hooks=True)
+    project.attempts(
+        "task", {"steps": [{"write": "x.txt", "content": "x\n"}, {"learn": "Hooks run here."}]}
+    )
+    project.commit()
+    hook = project.root / ".git" / "hooks" / "pre-commit"
+    hook.write_text("#!/bin/sh\necho 'lint says no' >&2\nexit 1\n")
+    hook.chmod(0o755)
+    result = project.ralph("run", "--once", check_code=1)
+    assert "Traceback" not in result.stderr
+    rolled = [e for e in project.events() if e["event"] == "rolled_back"]
+    assert rolled[0]["reason"] == "commit_rejected" and "lint says no" in rolled[0]["summary"]
+    assert project.task_commits() == []
+    assert project.git("status", "--porcelain") == ""
+    assert not (project.root / ".ralph" / "current.json").exists()

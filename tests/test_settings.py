@@ -450,3 +450,21 @@ def test_run_takes_max_attempts_from_file_then_env_then_flag(
     project.ralph("run", "--once", *args, env=env, check_code=1)
     task = project.status_json()["never"]
     assert (task["state"], task["attempts"]) == ("failed", attempts)
+
+
+def test_unknown_ralph_variable_stops_ralph(project: Project) -> None:
+    """A misspelt RALPH_* variable is an unknown setting (exit 2), not silently ignored."""
+    project.spec("task")
+    project.commit()
+    result = project.ralph("run", "--once", env={"RALPH_MAX_ATEMPTS": "5"})
+    assert result.returncode == 2
+    assert "max_atempts" in result.stderr and "RALPH_MAX_ATEMPTS" in result.stderr
+
+
+def test_validate_reports_an_agent_that_cannot_run(project: Project) -> None:
+    """ralph validate lists an agent executable that is not on PATH."""
+    project.configure(agent="command", agent_command="no-such-agent-cli --go")
+    project.commit()
+    result = project.ralph("validate")
+    assert result.returncode == 1
+    assert "no-such-agent-cli" in result.stdout
