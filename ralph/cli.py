@@ -96,13 +96,17 @@ def cli(ctx: click.Context, path: Path, log_format: str, verbose: bool) -> None:
 @click.pass_obj
 def init(app: Context) -> None:
     """Write ralph.toml, specs/ with an example and AGENTS.md (never overwrites)."""
-    root = app.path
-    for relative, what in init_repository(root):
-        click.echo(f"{relative}: {what}")
     try:
-        repo.ensure_excluded(repo.find_root(root))
+        root = repo.find_root(app.path)
     except UsageError:
+        root = None
+    for relative, what in init_repository(root or app.path):
+        click.echo(f"{relative}: {what}")
+    if root is None:
         click.echo("note: not a git repository yet; run `git init` before `ralph run`")
+        return
+    repo.ensure_excluded(root)
+    click.echo("next: commit these files, write specs, then `ralph run --once` or `ralph run`")
 
 
 @cli.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 SETTINGS_TEMPLATE = """\
@@ -59,7 +60,9 @@ def guess_checks(root: Path) -> list[str]:
             scripts = json.loads(package.read_text(encoding="utf-8")).get("scripts", {})
         except ValueError:
             scripts = {}
-        if isinstance(scripts, dict) and "test" in scripts:
+        test = scripts.get("test") if isinstance(scripts, dict) else None
+        # `npm init` writes a test script that always fails: that is no test at all.
+        if isinstance(test, str) and "no test specified" not in test:
             return ["npm test"]
     if (root / "Cargo.toml").exists():
         return ["cargo test"]
@@ -69,6 +72,15 @@ def guess_checks(root: Path) -> list[str]:
     if makefile.exists() and "\ntest:" in "\n" + makefile.read_text(errors="replace"):
         return ["make test"]
     return []
+
+
+def _settings_in_pyproject(root: Path) -> bool:
+    try:
+        data = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    tool = data.get("tool")
+    return isinstance(tool, dict) and isinstance(tool.get("ralph"), dict)
 
 
 def init_repository(root: Path) -> list[tuple[str, str]]:
@@ -85,6 +97,9 @@ def init_repository(root: Path) -> list[tuple[str, str]]:
         "AGENTS.md": MEMORY_TEMPLATE,
     }
     report = []
+    if _settings_in_pyproject(root):
+        del files["ralph.toml"]
+        report.append(("ralph.toml", "not written (settings are in pyproject.toml [tool.ralph])"))
     for relative, content in files.items():
         path = root / relative
         if relative.startswith("specs/") and any((root / "specs").rglob("*.md")):
