@@ -21,7 +21,8 @@ import structlog
 from anyio import to_thread
 
 from ralph import memory, repo
-from ralph.agents import Agent, agent_environment
+from ralph.agents import Agent, AgentReport, AgentRun, agent_environment
+from ralph.agents.failures import TRANSIENT, FailureClass
 from ralph.atomic import write_atomic
 from ralph.gate import Verdict, check_verdict, judge_changes, run_checks
 from ralph.processes import ProcessResult, Stop, run_in_group
@@ -60,6 +61,8 @@ class AttemptResult:
     reason: str = ""
     summary: str = ""
     commit: str | None = None
+    report: AgentReport = AgentReport()
+    retry_at: datetime | None = None
 
 
 def max_attempts(worker: Worker, spec: Spec) -> int:
@@ -82,8 +85,10 @@ async def run_attempt(worker: Worker, spec: Spec, attempt: int) -> AttemptResult
     def started(pgid: int) -> None:
         worker.state.begin_attempt(dataclasses.replace(intent, pgid=pgid))
 
-    ran = await _run_agent(worker, spec, attempt, prompt_file, learnings_file, attempt_dir, started)
-    verdict = await _judge(worker, spec, start, ran, attempt_dir)
+    ran, report = await _run_agent(
+        worker, spec, attempt, prompt_file, learnings_file, attempt_dir, started
+    )
+    verdict = await _judge(worker, spec, start, ran, report, attempt_dir)
     learnings = memory.read_learnings_file(learnings_file)
     if verdict is None:
         worker.state.begin_attempt(dataclasses.replace(intent, phase="committing"))
@@ -95,7 +100,7 @@ async def run_attempt(worker: Worker, spec: Spec, attempt: int) -> AttemptResult
     if verdict is not None:
         result = await _roll_back(worker, spec, attempt, start, verdict, learnings, attempt_dir)
     worker.state.end_attempt()
-    return result
+    return dataclasses.replace(result, report=report)
 
 
 async def _run_agent(
@@ -106,60 +111,70 @@ async def _run_agent(
     learnings_file: Path,
     attempt_dir: Path,
     started: Callable[[int], None],
-) -> ProcessResult:
+) -> tuple[ProcessResult, AgentReport]:
     command = worker.agent.command(prompt_file)
-    env = agent_environment(
-        worker.env,
-        {
-            **command.env,
-            "RALPH_TASK_ID": spec.id,
-            "RALPH_ATTEMPT": str(attempt),
-            "RALPH_PROMPT_FILE": str(prompt_file),
-            "RALPH_LEARNINGS_FILE": str(learnings_file),
-        },
+    env = agent_environment(worker.env, command)
+    env.update(
+        RALPH_TASK_ID=spec.id,
+        RALPH_ATTEMPT=str(attempt),
+        RALPH_PROMPT_FILE=str(prompt_file),
+        RALPH_LEARNINGS_FILE=str(learnings_file),
     )
+    log_path = attempt_dir / "agent.log"
     result = await run_in_group(
         command.argv,
         cwd=worker.root,
         env=env,
         stdin=command.stdin,
-        log_path=attempt_dir / "agent.log",
+        log_path=log_path,
         timeout=spec.timeout or worker.settings.attempt_timeout,
         grace=worker.settings.kill_grace,
         stop=worker.stop,
         on_start=started,
     )
+    run = AgentRun(result.outcome, result.exit_code, log_path, result.tail)
+    report = worker.agent.report(run, datetime.now(UTC))
     worker.events.emit(
         "agent_exited",
         task=spec.id,
         attempt=attempt,
+        agent=worker.agent.name,
+        model=worker.settings.model,
         outcome=result.outcome,
         exit_code=result.exit_code,
         duration_s=round(result.duration, 3),
         output_bytes=result.output_bytes,
+        **report.as_event(),
     )
     log.info(
         "ralph.agent_exited",
         outcome=result.outcome,
         exit_code=result.exit_code,
         duration_s=round(result.duration, 1),
+        cost_usd=report.cost_usd,
+        failure_class=report.failure.value if report.failure else None,
     )
-    return result
+    return result, report
 
 
 async def _judge(
-    worker: Worker, spec: Spec, start: str, ran: ProcessResult, attempt_dir: Path
+    worker: Worker,
+    spec: Spec,
+    start: str,
+    ran: ProcessResult,
+    report: AgentReport,
+    attempt_dir: Path,
 ) -> Verdict | None:
     """Fold HEAD back, then the gate: the agent's exit, the change, the checks."""
     settings = worker.settings
     tampering = await to_thread.run_sync(guard_baseline, worker, spec.id, start, attempt_dir)
     specs = settings.specs_dir.as_posix()
     changes = await to_thread.run_sync(repo.stage_changes, worker.root, start, specs)
-    interrupted = _agent_verdict(ran) if ran.outcome == "stopped" else None
+    interrupted = _agent_verdict(ran, report) if ran.outcome == "stopped" else None
     verdict = (
         interrupted  # a stop is nobody's fault: the attempt must not count
         or tampering
-        or _agent_verdict(ran)
+        or _agent_verdict(ran, report)
         or judge_changes(
             changes,
             protected=settings.protected_globs(),
@@ -295,13 +310,17 @@ def reset_tree(worker: Worker, commit: str) -> None:
     repo.restore(worker.root, commit, keep=worker.settings.specs_dir.as_posix())
 
 
-def _agent_verdict(ran: ProcessResult) -> Verdict | None:
+def _agent_verdict(ran: ProcessResult, report: AgentReport) -> Verdict | None:
     if ran.outcome == "stopped":
         return Verdict("interrupted", "ralph was asked to stop while the agent ran.")
     if ran.outcome == "timeout":
         return Verdict(
             "timeout", failure_summary("The agent ran past the attempt timeout.", ran.tail)
         )
+    if report.failure in (FailureClass.AUTH, *TRANSIENT):
+        assert report.failure is not None
+        what = f"The agent's model API failed ({report.failure.value}): {report.detail}"
+        return Verdict(report.failure.value, failure_summary(what, ran.tail), report.retry_at)
     if ran.exit_code != 0:
         what = f"The agent exited with code {ran.exit_code}."
         return Verdict("crash", failure_summary(what, ran.tail))
@@ -357,7 +376,7 @@ async def _roll_back(
     status: Literal["failed", "interrupted"] = (
         "interrupted" if verdict.reason == "interrupted" else "failed"
     )
-    return AttemptResult(status, verdict.reason, verdict.summary)
+    return AttemptResult(status, verdict.reason, verdict.summary, retry_at=verdict.retry_at)
 
 
 async def commit_learnings_only(

@@ -10,6 +10,7 @@ import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from ralph.processes import Stop, run_in_group
@@ -23,6 +24,7 @@ class Verdict:
 
     reason: str
     summary: str
+    retry_at: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -5,16 +5,26 @@ then the next task; when the backlog is empty, wait for new specs (or stop, with
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import anyio
 import structlog
 from anyio import to_thread
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_result,
+    stop_after_attempt,
+    stop_after_delay,
+)
 
 from ralph import repo
-from ralph.attempt import Worker, max_attempts, run_attempt
-from ralph.errors import RepositoryError
+from ralph.agents.failures import TRANSIENT, FailureClass
+from ralph.attempt import AttemptResult, Worker, max_attempts, run_attempt
+from ralph.errors import RalphError, RepositoryError, UsageError
 from ralph.recovery import recover_interrupted_attempt
-from ralph.specs import load_specs
+from ralph.specs import Spec, load_specs
 from ralph.tasks import State, Task, next_task, plan
 
 log = structlog.get_logger("ralph")
@@ -58,39 +68,102 @@ async def foreign_changes(worker: Worker) -> str:
 async def run(worker: Worker, options: RunOptions) -> int:
     """Work through the backlog; return the exit code the contract gives."""
     worker.events.emit("run_started", once=options.once, branch=worker.branch)
-    attempted = 0
+    ledger = Ledger(worker, options)
     reported: set[str] = set()
-    while not worker.stop.is_requested:
-        if options.max_tasks is not None and attempted >= options.max_tasks:
-            break
+    while not worker.stop.is_requested and not ledger.enough():
         tasks = await scan(worker)
         _report_invalid(worker, tasks, reported)
         task = next_task(tasks)
-        if task is not None:
-            foreign = await foreign_changes(worker)
-            if foreign and options.once:
-                raise RepositoryError(foreign)
-            if foreign:
-                log.warning("ralph.waiting_for_clean_tree", detail=foreign)
-                await idle(worker)
-                continue
-            await run_task(worker, task)
-            attempted += 1
-        elif options.once:
-            break
-        else:
+        if task is None:
+            if options.once:
+                break
             await idle(worker)
+        elif not await _tree_is_clean(worker, options):
+            await idle(worker)
+        else:
+            ledger.record(await run_task(worker, task))
     code = 0 if worker.stop.is_requested else exit_code(await scan(worker))
-    worker.events.emit("run_finished", tasks_attempted=attempted, exit_code=code)
-    log.info("ralph.run_finished", tasks_attempted=attempted, exit_code=code)
+    worker.events.emit("run_finished", tasks_attempted=ledger.attempted, exit_code=code)
+    log.info("ralph.run_finished", tasks_attempted=ledger.attempted, exit_code=code)
     return code
 
 
-async def run_task(worker: Worker, task: Task) -> None:
+async def _tree_is_clean(worker: Worker, options: RunOptions) -> bool:
+    foreign = await foreign_changes(worker)
+    if foreign and options.once:
+        raise RepositoryError(foreign)
+    if foreign:
+        log.warning("ralph.waiting_for_clean_tree", detail=foreign)
+    return not foreign
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """How a task's turn in the loop ended."""
+
+    status: Literal["done", "failed", "interrupted"]
+    failure_class: str = ""
+    cost_usd: float = 0.0
+
+
+class BreakerTripped(RalphError):
+    """Too many tasks in a row failed the same way: stop instead of burning the backlog."""
+
+
+class AgentAuthFailed(UsageError):
+    """The agent CLI has no usable credentials: nothing will work until a person fixes it."""
+
+
+class LimitTooFar(RalphError):
+    """A usage limit resets later than ralph is willing to wait."""
+
+
+class Ledger:
+    """Run-wide tallies: tasks attempted, money spent, and the breaker's streak."""
+
+    def __init__(self, worker: Worker, options: RunOptions) -> None:
+        self.worker = worker
+        self.options = options
+        self.attempted = 0
+        self.spent = 0.0
+        self.streak: tuple[str, int] = ("", 0)
+
+    def enough(self) -> bool:
+        """True when --max-tasks or max_cost_usd says to take no new task."""
+        if self.options.max_tasks is not None and self.attempted >= self.options.max_tasks:
+            return True
+        cap = self.worker.settings.max_cost_usd
+        if cap is not None and self.spent >= cap:
+            log.warning("ralph.cost_cap_reached", spent_usd=round(self.spent, 4), cap_usd=cap)
+            self.worker.events.emit("cost_cap_reached", spent_usd=self.spent, cap_usd=cap)
+            return True
+        return False
+
+    def record(self, outcome: TaskOutcome) -> None:
+        """Count the task; trip the breaker on a streak of the same failure."""
+        self.attempted += 1
+        self.spent += outcome.cost_usd
+        if outcome.status != "failed":
+            self.streak = ("", 0) if outcome.status == "done" else self.streak
+            return
+        last, count = self.streak
+        count = count + 1 if outcome.failure_class == last else 1
+        self.streak = (outcome.failure_class, count)
+        threshold = self.worker.settings.breaker_threshold
+        if count >= threshold:
+            self.worker.events.emit("breaker_tripped", failure_class=last, tasks=count)
+            raise BreakerTripped(
+                f"{count} tasks in a row failed with {outcome.failure_class}; stopping "
+                f"(breaker_threshold = {threshold}). Look at the last attempts under .ralph/"
+            )
+
+
+async def run_task(worker: Worker, task: Task) -> TaskOutcome:
     """Attempts with a fresh agent each until one is committed or the attempts run out."""
     spec = task.spec
     assert spec is not None
     limit = max_attempts(worker, spec)
+    spent = 0.0
     with structlog.contextvars.bound_contextvars(task=spec.id):
         worker.events.emit(
             "task_started", task=spec.id, title=spec.title, attempts_so_far=task.attempts
@@ -98,24 +171,100 @@ async def run_task(worker: Worker, task: Task) -> None:
         log.info("ralph.task_started", title=spec.title)
         for attempt in range(task.attempts + 1, limit + 1):
             with structlog.contextvars.bound_contextvars(attempt=attempt):
-                result = await run_attempt(worker, spec, attempt)
-            if result.status == "interrupted":
-                return
-            worker.state.record_attempt(spec.id, spec.digest, attempt, result.summary)
+                result, cost = await attempt_through_limits(worker, spec, attempt)
+            spent += cost
+            if result.status == "interrupted" or worker.stop.is_requested:
+                return TaskOutcome("interrupted", cost_usd=spent)
+            if result.reason == FailureClass.AUTH:
+                raise AgentAuthFailed(
+                    f"the {worker.agent.name} agent could not authenticate "
+                    f"({result.report.detail or 'see its output'}); fix its credentials, "
+                    f"then run ralph again. Output: {_attempt_log(result)}"
+                )
+            worker.state.record_attempt(
+                spec.id, spec.digest, attempt, result.summary, result.reason
+            )
             if result.status in ("committed", "already_done"):
-                worker.events.emit(
-                    "task_done", task=spec.id, attempts=attempt, commit=result.commit
-                )
-                log.info(
-                    "ralph.task_committed", attempts=attempt, commit=(result.commit or "")[:12]
-                )
-                return
-            if worker.stop.is_requested:
-                return
-        reason = f"failed {limit} attempt(s); last: {_last_reason(worker, spec.id, spec.digest)}"
+                commit = result.commit or ""
+                worker.events.emit("task_done", task=spec.id, attempts=attempt, commit=commit)
+                log.info("ralph.task_committed", attempts=attempt, commit=commit[:12])
+                return TaskOutcome("done", cost_usd=spent)
+        last = _last_reason(worker, spec.id, spec.digest)
+        reason = f"failed {limit} attempt(s); last: {last}"
         worker.state.mark_failed(spec.id, spec.digest, reason)
-        worker.events.emit("task_failed", task=spec.id, attempts=limit, reason=reason)
-        log.error("ralph.task_failed", attempts=limit, reason=reason)
+        worker.events.emit(
+            "task_failed", task=spec.id, attempts=limit, reason=reason, failure_class=result.reason
+        )
+        log.error("ralph.task_failed", attempts=limit, reason=reason, failure_class=result.reason)
+        return TaskOutcome("failed", result.reason, spent)
+
+
+def _attempt_log(result: AttemptResult) -> str:
+    return result.summary.splitlines()[-1][:200] if result.summary else ""
+
+
+async def attempt_through_limits(
+    worker: Worker, spec: Spec, attempt: int
+) -> tuple[AttemptResult, float]:
+    """One attempt, run again (same number) while the model API is rate limited or down.
+
+    Limits and outages are nobody's fault, so they don't use up the task's attempts:
+    ralph waits until the limit resets (when the CLI says) or backs off, bounded by
+    retry_max_wait, and a stop request ends the wait at once.
+    """
+    settings = worker.settings
+    spent = 0.0
+    result = AttemptResult("interrupted")
+    retrying = AsyncRetrying(
+        retry=retry_if_result(lambda r: r.reason in TRANSIENT and not worker.stop.is_requested),
+        stop=stop_after_attempt(RETRY_TRIES) | stop_after_delay(settings.retry_max_wait),
+        wait=lambda state: _wait_seconds(worker, state),
+        sleep=lambda seconds: _sleep_unless_stopped(worker, seconds),
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+    )
+    async for trying in retrying:
+        with trying:
+            result = await run_attempt(worker, spec, attempt)
+            spent += result.report.cost_usd or 0.0
+        if trying.retry_state.outcome is not None and not trying.retry_state.outcome.failed:
+            trying.retry_state.set_result(result)
+    return result, spent
+
+
+RETRY_TRIES = 12
+
+
+def _wait_seconds(worker: Worker, state: RetryCallState) -> float:
+    """Until the limit resets when that is known, else backing off from retry_backoff."""
+    settings = worker.settings
+    result: AttemptResult = state.outcome.result() if state.outcome else AttemptResult("failed")
+    now = datetime.now(UTC)
+    if result.retry_at is not None:
+        seconds = (result.retry_at - now).total_seconds() + RESET_MARGIN
+        if seconds > settings.retry_max_wait:
+            raise LimitTooFar(
+                f"the {worker.agent.name} agent's usage limit resets at "
+                f"{result.retry_at.isoformat(timespec='minutes')}, later than retry_max_wait "
+                f"allows; stopping. Run ralph again after the reset."
+            )
+    else:
+        seconds = settings.retry_backoff * 2 ** (state.attempt_number - 1)
+    seconds = float(max(0.0, min(seconds, MAX_SINGLE_WAIT, settings.retry_max_wait)))
+    until = now + timedelta(seconds=seconds)
+    worker.events.emit(
+        "waiting", reason=result.reason, seconds=round(seconds, 1), until=until.isoformat()
+    )
+    log.warning("ralph.waiting", reason=result.reason, until=until.isoformat(timespec="seconds"))
+    return seconds
+
+
+RESET_MARGIN = 5.0
+MAX_SINGLE_WAIT = 3600.0
+
+
+async def _sleep_unless_stopped(worker: Worker, seconds: float) -> None:
+    with anyio.move_on_after(seconds):
+        await worker.stop.requested.wait()
 
 
 def _last_reason(worker: Worker, task_id: str, digest: str) -> str:

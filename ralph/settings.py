@@ -104,6 +104,28 @@ class Settings(BaseSettings):
     memory_budget: Count = Field(default=32_768, ge=1024)
     """Bytes of the memory file carried in each prompt."""
 
+    model: str | None = None
+    """The model the agent CLI should use (its own names); unset: the CLI's default."""
+
+    agent_args: list[str] = Field(default_factory=list)
+    """Extra command-line arguments for the agent CLI, after the preset's own."""
+
+    agent_env: dict[str, str] = Field(default_factory=dict)
+    """Extra environment variables for the agent (set last, so they win)."""
+
+    breaker_threshold: Count = Field(default=3, ge=1)
+    """Stop after this many consecutive tasks failed for the same reason."""
+
+    retry_backoff: Duration = 30.0
+    """First wait after a model API outage or a usage limit with no reset time; doubles."""
+
+    retry_max_wait: Duration = 43_200.0
+    """The longest ralph waits out limits and outages for one attempt (12h) before it
+    counts the attempt as failed; a limit that resets later stops the run."""
+
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    """Take no new task once the agents' reported spend in this run reaches this."""
+
     run_hooks: bool = False
     """Run the repository's git hooks on ralph's own commits (off: a planted hook never runs)."""
 
@@ -260,22 +282,30 @@ def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
         if name not in environ:
             continue
         raw = environ[name]
-        if typing.get_origin(field.annotation) is list:
-            values[key] = _json_list(key, name, raw)
+        origin = typing.get_origin(field.annotation)
+        if origin in (list, dict):
+            values[key] = _json_value(key, name, raw, origin)
         else:
             values[key] = raw
     return values
 
 
-def _json_list(key: str, name: str, raw: str) -> list[Any]:
+_JSON_EXAMPLES: dict[type, tuple[str, str]] = {
+    list: ("a JSON list", '["make test"]'),
+    dict: ("a JSON object", '{"KEY": "value"}'),
+}
+
+
+def _json_value(key: str, name: str, raw: str, kind: type) -> Any:
     try:
         value = json.loads(raw)
     except ValueError:
         value = None
-    if not isinstance(value, list):
+    if not isinstance(value, kind):
+        what, example = _JSON_EXAMPLES[kind]
         raise SettingsError(
-            f"{key}: environment variable {name} must be a JSON list, "
-            f"e.g. {name}='[\"make test\"]': got {raw!r}"
+            f"{key}: environment variable {name} must be {what}, "
+            f"e.g. {name}='{example}': got {raw!r}"
         )
     return value
 

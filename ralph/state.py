@@ -54,6 +54,7 @@ class StateStore:
                     attempts=int(raw.get("attempts", 0)),
                     failed=bool(raw.get("failed", False)),
                     reason=str(raw.get("reason", "")),
+                    failure_class=str(raw.get("failure_class", "")),
                 )
         return records
 
@@ -62,11 +63,13 @@ class StateStore:
         raw = self._read().get("tasks", {}).get(task_id, {})
         return str(raw.get("last_failure", "")) if raw.get("digest") == digest else ""
 
-    def record_attempt(self, task_id: str, digest: str, attempt: int, failure: str) -> None:
+    def record_attempt(
+        self, task_id: str, digest: str, attempt: int, failure: str, failure_class: str = ""
+    ) -> None:
         """Remember that ``attempt`` was used and why it failed (empty: it didn't)."""
 
         def change(raw: dict[str, Any]) -> None:
-            raw.update(attempts=attempt, last_failure=failure)
+            raw.update(attempts=attempt, last_failure=failure, failure_class=failure_class)
 
         self._update(task_id, digest, change)
 

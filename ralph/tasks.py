@@ -30,6 +30,7 @@ class TaskRecord:
     attempts: int = 0
     failed: bool = False
     reason: str = ""
+    failure_class: str = ""
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Task:
     priority: int = 0
     attempts: int = 0
     reason: str = ""
+    failure_class: str = ""
     spec: Spec | None = None
 
     def as_dict(self) -> dict[str, object]:
@@ -53,6 +55,7 @@ class Task:
             "priority": self.priority,
             "title": self.title,
             "reason": self.reason,
+            "failure_class": self.failure_class or None,
             "path": self.path,
         }
 
@@ -80,6 +83,7 @@ def plan(
             priority=spec.priority,
             attempts=record.attempts,
             reason=reason,
+            failure_class=record.failure_class,
             spec=spec,
         )
     tasks = sorted(states.values(), key=lambda task: (task.priority, task.path))

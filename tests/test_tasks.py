@@ -232,7 +232,7 @@ def test_task_carries_its_spec_record_and_fields() -> None:
 
 
 def test_status_json_has_every_field(project: Project) -> None:
-    """`status --json` gives each task id, state, attempts, priority, title, reason and path."""
+    """`status --json` gives each task id, state, attempts, priority, title, reason, class, path."""
     project.spec("first", "# First task\n\nDo it.\n", priority=1)
     project.spec("second", "# Second task\n\nDo it.\n", depends_on=["first"])
     project.spec("orphan", depends_on="ghost")
@@ -241,7 +241,7 @@ def test_status_json_has_every_field(project: Project) -> None:
     result = project.ralph("status", "--json", check_code=0)
     tasks = json.loads(result.stdout)["tasks"]
     assert [task["id"] for task in tasks] == ["first", "orphan", "second", "broken"]
-    fields = {"id", "state", "attempts", "priority", "title", "reason", "path"}
+    fields = {"id", "state", "attempts", "priority", "title", "reason", "failure_class", "path"}
     assert all(set(task) == fields for task in tasks)
     by_id = {task["id"]: task for task in tasks}
     assert by_id["first"] == {
@@ -251,6 +251,7 @@ def test_status_json_has_every_field(project: Project) -> None:
         "priority": 1,
         "title": "First task",
         "reason": "",
+        "failure_class": None,
         "path": "specs/first.md",
     }
     assert (by_id["second"]["state"], by_id["second"]["reason"]) == ("pending", "waiting for first")

@@ -1,25 +1,27 @@
-"""Agents: one small class per kind of agent, behind one Protocol, found by name.
+"""Agents: one small class per CLI, behind one Protocol, found by name.
 
-An agent only says how to start itself for a prompt; running, timing out and killing
-it belong to ralph.processes. Adding a CLI preset is one class with ``@register``.
+An agent says how to start itself for a prompt and how to read what it printed;
+running, timing out and killing it belong to ralph.processes. Adding a CLI is one
+module with one ``@register``-ed class.
 """
 
 from __future__ import annotations
 
-import shlex
+import dataclasses
+import json
 import shutil
-import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
+from ralph.agents.failures import FailureClass, classify_text, parse_reset
 from ralph.errors import SettingsError
 from ralph.settings import Settings
 
-# Variables a parent CLI sets for its own children; a nested agent that inherits them
-# believes it runs inside another session and misbehaves.
-NESTING_VARIABLES = ("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT")
+# The end of a failed run's output is where CLIs print why.
+FAILURE_TEXT_BYTES = 4096
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,43 @@ class AgentCommand:
     argv: list[str]
     stdin: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
+    unset: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AgentRun:
+    """A finished agent run, as the preset gets it to read."""
+
+    outcome: str
+    exit_code: int | None
+    log_path: Path
+    tail: str
+
+
+@dataclass(frozen=True)
+class AgentReport:
+    """What an agent's own output says about its run; None where it says nothing."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None
+    turns: int | None = None
+    final_message: str | None = None
+    failure: FailureClass | None = None
+    retry_at: datetime | None = None
+    detail: str = ""
+
+    def as_event(self) -> dict[str, Any]:
+        """The fields that go into the agent_exited event."""
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cost_usd": self.cost_usd,
+            "turns": self.turns,
+            "final_message": (self.final_message or "")[-1000:] or None,
+            "failure_class": self.failure.value if self.failure else None,
+            "retry_at": self.retry_at.isoformat() if self.retry_at else None,
+        }
 
 
 class Agent(Protocol):
@@ -44,6 +83,14 @@ class Agent(Protocol):
         """The program that must be on PATH (or exist) for the agent to run."""
         ...
 
+    def report(self, run: AgentRun, now: datetime) -> AgentReport:
+        """Tokens, cost, turns, final message and, for a failed run, why it failed."""
+        ...
+
+    def excludes(self) -> list[str]:
+        """Paths the CLI writes in the repository for itself, kept out of git."""
+        ...
+
 
 _REGISTRY: dict[str, Callable[[Settings, Path], Agent]] = {}
 
@@ -52,7 +99,7 @@ def register(name: str) -> Callable[[type], type]:
     """Class decorator: make an agent class available as ``agent = "<name>"``."""
 
     def add(cls: type) -> type:
-        setattr(cls, "name", name)  # noqa: B010 - ClassVar set by the registry
+        setattr(cls, "name", name)  # noqa: B010 - the ClassVar is the registry's to set
         _REGISTRY[name] = cls
         return cls
 
@@ -61,24 +108,28 @@ def register(name: str) -> Callable[[type], type]:
 
 def available() -> list[str]:
     """Names of the agents this version of ralph can run."""
+    _load_presets()
     return sorted(_REGISTRY)
 
 
 def make_agent(settings: Settings, root: Path) -> Agent:
     """The agent the settings ask for; SettingsError when ralph has no such agent."""
+    _load_presets()
     factory = _REGISTRY.get(settings.agent)
     if factory is None:
-        raise SettingsError(
-            f"agent: {settings.agent!r} has no preset in this version yet; "
-            f'use agent = "command" with agent_command, or one of: {", ".join(available())}'
-        )
+        raise SettingsError(f"agent: no agent named {settings.agent!r}; one of {available()}")
     return factory(settings, root)
 
 
-def agent_environment(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str]:
-    """ralph's environment minus the nesting variables, plus ``extra``."""
-    env = {key: value for key, value in base.items() if key not in NESTING_VARIABLES}
-    env.update(extra)
+def _load_presets() -> None:
+    # Imported here, not at the top: the preset modules import this one.
+    from ralph.agents import aider, amp, claude, codex, gemini, generic, opencode  # noqa: F401
+
+
+def agent_environment(base: Mapping[str, str], command: AgentCommand) -> dict[str, str]:
+    """ralph's environment without what the CLI must not inherit, plus what it needs."""
+    env = {key: value for key, value in base.items() if key not in command.unset}
+    env.update(command.env)
     return env
 
 
@@ -90,68 +141,100 @@ def resolve_executable(program: str, root: Path) -> str | None:
     return shutil.which(program)
 
 
-@register("command")
-class CommandAgent:
-    """Any agent CLI given as ``agent_command``; ``{prompt_file}`` or the prompt on stdin."""
+class Preset:
+    """What the CLI presets share: model, extra flags, extra environment, text failures."""
 
     name: ClassVar[str]
+    program: ClassVar[str] = ""
 
     def __init__(self, settings: Settings, root: Path) -> None:
-        try:
-            self._words = shlex.split(settings.agent_command or "")
-        except ValueError as exc:
-            raise SettingsError(f"agent_command: cannot parse: {exc}") from None
-        if not self._words:
-            raise SettingsError('agent_command: required when agent = "command"')
-
-    def command(self, prompt_file: Path) -> AgentCommand:
-        if any("{prompt_file}" in word for word in self._words):
-            argv = [word.replace("{prompt_file}", str(prompt_file)) for word in self._words]
-            return AgentCommand(argv)
-        return AgentCommand(list(self._words), stdin=prompt_file)
+        self.settings = settings
+        self.root = root
 
     def executable(self) -> str:
-        return self._words[0]
+        return self.program
+
+    def excludes(self) -> list[str]:
+        return []
+
+    def model_args(self, flag: str) -> list[str]:
+        return [flag, self.settings.model] if self.settings.model else []
+
+    def finish(self, argv: list[str], stdin: Path | None = None, **env: str) -> AgentCommand:
+        """The command with ``agent_args`` appended and ``agent_env`` applied last."""
+        return AgentCommand(
+            [*argv, *self.settings.agent_args],
+            stdin=stdin,
+            env={**env, **self.settings.agent_env},
+            unset=self.unset,
+        )
+
+    # Set by an agent CLI for its own children; an agent that inherits them (because ralph
+    # itself runs under one) believes it is nested and refuses to start or misbehaves.
+    unset: ClassVar[tuple[str, ...]] = (
+        "CLAUDECODE",
+        "CLAUDE_CODE_ENTRYPOINT",
+        "CLAUDE_CODE_SESSION_ID",
+        "CLAUDE_CODE_SSE_PORT",
+    )
+
+    def report(self, run: AgentRun, now: datetime) -> AgentReport:
+        return text_report(run, now)
 
 
-@register("scripted")
-class ScriptedAgent:
-    """ralph's own deterministic agent (``ralph.scripted``): offline, for demos and tests."""
-
-    name: ClassVar[str]
-
-    def __init__(self, settings: Settings, root: Path) -> None:
-        assert settings.agent_script is not None  # load_settings guarantees it
-        self._script = (root / settings.agent_script).resolve()
-        if not self._script.is_file():
-            raise SettingsError(f"agent_script: {self._script} does not exist")
-
-    def command(self, prompt_file: Path) -> AgentCommand:
-        return AgentCommand([sys.executable, "-m", "ralph.scripted", str(self._script)])
-
-    def executable(self) -> str:
-        return sys.executable
+def text_report(run: AgentRun, now: datetime, known: AgentReport | None = None) -> AgentReport:
+    """What is known plus, for a run that exited non-zero, the failure its last words name."""
+    known = known or AgentReport()
+    if run.outcome != "exited" or run.exit_code == 0:
+        return known
+    end = run.tail[-FAILURE_TEXT_BYTES:]
+    return failed(known, end, now, classify_text(end), _last_line(end))
 
 
-@register("claude")
-class ClaudeAgent:
-    """Claude Code in print mode, auto-approving, prompt on stdin, streaming JSON events."""
+def failed(
+    known: AgentReport, text: str, now: datetime, failure: FailureClass | None, detail: str
+) -> AgentReport:
+    """``known`` with the failure, and for a usage limit the reset time ``text`` gives."""
+    retry_at = parse_reset(text, now) if failure is FailureClass.USAGE_LIMIT else None
+    return dataclasses.replace(
+        known, failure=failure, retry_at=known.retry_at or retry_at, detail=detail.strip()[:300]
+    )
 
-    name: ClassVar[str]
 
-    def __init__(self, settings: Settings, root: Path) -> None:
-        self._settings = settings
+def json_events(run: AgentRun) -> Iterator[dict[str, Any]]:
+    """Each JSON object the CLI printed, one per line; other lines are skipped."""
+    try:
+        handle = run.log_path.open("rb")
+    except OSError:
+        return
+    with handle:
+        for raw in handle:
+            line = raw.strip()
+            if not line.startswith(b"{"):
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                yield event
 
-    def command(self, prompt_file: Path) -> AgentCommand:
-        argv = [
-            "claude",
-            "--print",
-            "--output-format",
-            "stream-json",
-            "--verbose",
-            "--dangerously-skip-permissions",
-        ]
-        return AgentCommand(argv, stdin=prompt_file)
 
-    def executable(self) -> str:
-        return "claude"
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def as_int(value: object) -> int | None:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def as_float(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def add(total: int | None, value: object) -> int | None:
+    number = as_int(value)
+    if number is None:
+        return total
+    return number if total is None else total + number
