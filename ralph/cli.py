@@ -18,6 +18,7 @@ import structlog
 
 from ralph import __version__, agents, loop, repo
 from ralph.attempt import Worker
+from ralph.doctor import Finding, examine
 from ralph.durations import parse_deadline
 from ralph.errors import RalphError, SettingsError, UsageError
 from ralph.lock import RepoLock, lock_holder
@@ -137,7 +138,7 @@ def run(
     if not specs_root.is_dir():
         raise UsageError(f"specs_dir: {settings.specs_dir} does not exist in {root} (ralph init)")
     with RepoLock(root / repo.STATE_DIR / "lock"):
-        repo.ensure_excluded(root)
+        repo.ensure_excluded(root, the_agent.excludes())
         become_subreaper()
         worker = Worker(
             root=root,
@@ -284,6 +285,25 @@ def retry(app: Context, task_id: str) -> None:
         "task_retried", task=task_id
     )
     click.echo(f"{task_id}: pending again")
+
+
+@cli.command()
+@click.pass_obj
+def doctor(app: Context) -> None:
+    """Check git, the agent's executable, the check commands, the specs and the lock."""
+    root = app.root()
+    try:
+        settings = app.settings(root)
+    except SettingsError as exc:
+        click.echo(Finding(False, "settings", str(exc)).render())
+        sys.exit(1)
+    findings = [Finding(True, "settings", "valid"), *examine(root, settings)]
+    for finding in findings:
+        click.echo(finding.render())
+    problems = sum(not finding.ok for finding in findings)
+    if problems:
+        click.echo(f"{problems} problem(s) found", err=True)
+        sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:

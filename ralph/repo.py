@@ -160,18 +160,22 @@ def head_commit(root: Path) -> str:
         return repo.head.commit.hexsha
 
 
-def ensure_excluded(root: Path) -> None:
-    """Keep ``.ralph/`` out of git through ``.git/info/exclude``; never touch ``.gitignore``."""
+def ensure_excluded(root: Path, extra: list[str] | None = None) -> None:
+    """Keep ``.ralph/`` (and an agent's own caches) out of git through ``.git/info/exclude``.
+
+    Never through ``.gitignore``, which is the user's.
+    """
     with open_repo(root) as repo:
         exclude = Path(repo.common_dir) / "info" / "exclude"
-    line = f"/{STATE_DIR}/"
     text = exclude.read_text(encoding="utf-8") if exclude.exists() else ""
-    if line in text.splitlines():
+    present = set(text.splitlines())
+    missing = [line for line in [f"/{STATE_DIR}/", *(extra or [])] if line not in present]
+    if not missing:
         return
     exclude.parent.mkdir(parents=True, exist_ok=True)
     prefix = "" if not text or text.endswith("\n") else "\n"
     with exclude.open("a", encoding="utf-8") as handle:
-        handle.write(f"{prefix}# ralph's runtime state and logs\n{line}\n")
+        handle.write(prefix + "# kept out of git by ralph\n" + "".join(f"{m}\n" for m in missing))
 
 
 def dirty_paths(root: Path, under: str | None = None) -> list[str]:
