@@ -4,7 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+# A real agent CLI for the end-to-end test, driven offline against tests/fake_responses_api.py.
+CODEX_VERSION := 0.169.0
+CODEX_DIR := $(VENV)/codex
+CODEX_STAMP := $(CODEX_DIR)/.installed-$(CODEX_VERSION)
+
+.PHONY: install demo test lint bench clean codex
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +22,20 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m ralph.demo
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 -q
+# Without npm, or if the install fails, the codex test is skipped and says why.
+$(CODEX_STAMP):
+	@if command -v npm >/dev/null 2>&1; then \
+		npm install --prefix $(CODEX_DIR) --no-audit --no-fund --loglevel=error \
+			@openai/codex@$(CODEX_VERSION) && touch $@ \
+		|| echo "warning: npm could not install @openai/codex; the codex test will be skipped"; \
+	else \
+		echo "warning: npm not found; the codex end-to-end test will be skipped"; \
+	fi
+
+codex: $(CODEX_STAMP)
+
+test: $(STAMP) $(CODEX_STAMP)
+	CODEX_BIN=$(CURDIR)/$(CODEX_DIR)/node_modules/.bin/codex $(BIN)/python -m pytest -n 2 -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check ralph tests
