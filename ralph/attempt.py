@@ -88,7 +88,7 @@ async def run_attempt(worker: Worker, spec: Spec, attempt: int) -> AttemptResult
     ran, report = await _run_agent(
         worker, spec, attempt, prompt_file, learnings_file, attempt_dir, started
     )
-    verdict = await _judge(worker, spec, start, ran, report, attempt_dir)
+    verdict = await _judge(worker, spec, attempt, start, ran, report, attempt_dir)
     learnings = memory.read_learnings_file(learnings_file)
     if verdict is None:
         worker.state.begin_attempt(dataclasses.replace(intent, phase="committing"))
@@ -160,6 +160,7 @@ async def _run_agent(
 async def _judge(
     worker: Worker,
     spec: Spec,
+    attempt: int,
     start: str,
     ran: ProcessResult,
     report: AgentReport,
@@ -197,6 +198,7 @@ async def _judge(
         worker.events.emit(
             "check_finished",
             task=spec.id,
+            attempt=attempt,
             command=result.command,
             outcome=result.outcome,
             exit_code=result.exit_code,
