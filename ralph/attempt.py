@@ -27,6 +27,7 @@ from ralph.atomic import write_atomic
 from ralph.gate import Verdict, check_verdict, judge_changes, run_checks
 from ralph.processes import ProcessResult, Stop, run_in_group
 from ralph.prompt import PromptContext, build_prompt, failure_summary
+from ralph.receipts import Receipt
 from ralph.settings import Settings
 from ralph.specs import Spec
 from ralph.state import AttemptIntent, StateStore
@@ -88,12 +89,32 @@ async def run_attempt(worker: Worker, spec: Spec, attempt: int) -> AttemptResult
     ran, report = await _run_agent(
         worker, spec, attempt, prompt_file, learnings_file, attempt_dir, started
     )
-    verdict = await _judge(worker, spec, attempt, start, ran, report, attempt_dir)
+    verdict, check_seconds = await _judge(worker, spec, attempt, start, ran, report, attempt_dir)
+    totals = worker.state.add_usage(
+        spec.id,
+        spec.digest,
+        agent_seconds=ran.duration,
+        check_seconds=check_seconds,
+        input_tokens=report.input_tokens,
+        output_tokens=report.output_tokens,
+        cost_usd=report.cost_usd,
+    )
     learnings = memory.read_learnings_file(learnings_file)
     if verdict is None:
         worker.state.begin_attempt(dataclasses.replace(intent, phase="committing"))
+        receipt = Receipt(
+            task=spec.id,
+            attempts=attempt,
+            agent=worker.agent.name,
+            model=worker.settings.model,
+            agent_seconds=totals.get("agent_seconds", 0.0),
+            check_seconds=totals.get("check_seconds", 0.0),
+            input_tokens=totals.get("input_tokens"),
+            output_tokens=totals.get("output_tokens"),
+            cost_usd=totals.get("cost_usd"),
+        )
         try:
-            result = await _commit(worker, spec, attempt, start, learnings)
+            result = await _commit(worker, spec, receipt, start, learnings)
         except repo.CommitRejected as exc:
             # With run_hooks, a hook may refuse the commit: that is the gate saying no.
             verdict = Verdict("commit_rejected", failure_summary(str(exc), exc.output))
@@ -165,7 +186,7 @@ async def _judge(
     ran: ProcessResult,
     report: AgentReport,
     attempt_dir: Path,
-) -> Verdict | None:
+) -> tuple[Verdict | None, float]:
     """Fold HEAD back, then the gate: the agent's exit, the change, the checks."""
     settings = worker.settings
     tampering = await to_thread.run_sync(guard_baseline, worker, spec.id, start, attempt_dir)
@@ -184,7 +205,7 @@ async def _judge(
         )
     )
     if verdict is not None:
-        return verdict
+        return verdict, 0.0
     results = await run_checks(
         [*settings.checks, *spec.checks],
         root=worker.root,
@@ -205,9 +226,10 @@ async def _judge(
             passed=result.ok,
             duration_s=round(result.duration, 3),
         )
+    seconds = sum(result.duration for result in results)
     if any(result.outcome == "stopped" for result in results):
-        return Verdict("interrupted", f"ralph was asked to stop ({worker.stop.reason}).")
-    return check_verdict(results)
+        return Verdict("interrupted", f"ralph was asked to stop ({worker.stop.reason})."), seconds
+    return check_verdict(results), seconds
 
 
 def save_baseline(worker: Worker, attempt_dir: Path) -> None:
@@ -330,8 +352,9 @@ def _agent_verdict(ran: ProcessResult, report: AgentReport) -> Verdict | None:
 
 
 async def _commit(
-    worker: Worker, spec: Spec, attempt: int, start: str, learnings: list[str]
+    worker: Worker, spec: Spec, receipt: Receipt, start: str, learnings: list[str]
 ) -> AttemptResult:
+    attempt = receipt.attempts
     if spec.id in await to_thread.run_sync(repo.done_tasks, worker.root):
         # Never commit a task twice, even if something else committed it meanwhile.
         await to_thread.run_sync(reset_tree, worker, start)
@@ -341,9 +364,7 @@ async def _commit(
         await to_thread.run_sync(
             repo.stage_paths, worker.root, [worker.settings.memory_file.as_posix()]
         )
-    message = repo.task_message(
-        spec.title, {repo.TASK_TRAILER: spec.id, repo.ATTEMPT_TRAILER: str(attempt)}
-    )
+    message = repo.task_message(spec.title, receipt.trailers())
     sha = await to_thread.run_sync(
         lambda: repo.commit(worker.root, message, run_hooks=worker.settings.run_hooks)
     )

@@ -73,6 +73,24 @@ class StateStore:
 
         self._update(task_id, digest, change)
 
+    def add_usage(self, task_id: str, digest: str, **usage: float | int | None) -> dict[str, Any]:
+        """Add one agent run's figures (seconds, tokens, cost) to the task's totals.
+
+        Figures the agent didn't report (None) leave their total unknown until one is
+        reported. Returns the totals, which become the commit's receipt.
+        """
+        totals: dict[str, Any] = {}
+
+        def change(raw: dict[str, Any]) -> None:
+            current = raw.setdefault("usage", {})
+            for key, value in usage.items():
+                if value is not None:
+                    current[key] = round((current.get(key) or 0) + value, 6)
+            totals.update(current)
+
+        self._update(task_id, digest, change)
+        return totals
+
     def mark_failed(self, task_id: str, digest: str, reason: str) -> None:
         """The task used up its attempts; it stays failed until retry or a spec change."""
 

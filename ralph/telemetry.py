@@ -6,6 +6,7 @@ with a single ``write`` on an ``O_APPEND`` descriptor, so a line is whole or abs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -50,12 +51,21 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-class EventLog:
-    """Appends timestamped events, one JSON object per line."""
+EVENTS_MAX_BYTES = 64 * 1024 * 1024
 
-    def __init__(self, path: Path, run_id: str) -> None:
+
+class EventLog:
+    """Appends timestamped events, one JSON object per line, rotated by size.
+
+    A full ``events.jsonl`` is renamed to ``events-<UTC time>.jsonl`` before the next
+    line; renaming loses nothing, and every rotated file is kept (readers go through
+    them in name order, then ``events.jsonl``).
+    """
+
+    def __init__(self, path: Path, run_id: str, max_bytes: int = EVENTS_MAX_BYTES) -> None:
         self.path = path
         self.run_id = run_id
+        self.max_bytes = max_bytes
 
     def emit(self, event: str, **fields: Any) -> None:
         """Append one event; ``fields`` must be JSON-serialisable."""
@@ -69,11 +79,22 @@ class EventLog:
         }
         line = (json.dumps(record, default=str, ensure_ascii=False) + "\n").encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._rotate_if_full()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)
         finally:
             os.close(fd)
+
+    def _rotate_if_full(self) -> None:
+        try:
+            if self.path.stat().st_size < self.max_bytes:
+                return
+        except FileNotFoundError:
+            return
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        with contextlib.suppress(FileNotFoundError):  # another writer just rotated it
+            os.rename(self.path, self.path.with_name(f"{self.path.stem}-{stamp}.jsonl"))
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
