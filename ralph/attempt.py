@@ -292,7 +292,7 @@ def guard_baseline(worker: Worker, task_id: str, start: str, attempt_dir: Path) 
         baseline["ignored_protected"]
     )
     for path in hidden:
-        (root / path).unlink(missing_ok=True)
+        _move_aside(root / path, attempt_dir / "specs-changed-during-attempt" / path)
     before, after = baseline["user_specs"], _spec_signature(worker)
     specs_touched = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
     if specs_touched:
@@ -327,6 +327,15 @@ def _revert_specs(
             repo.checkout_paths(worker.root, start, [path])
         else:
             target.unlink(missing_ok=True)
+
+
+def _move_aside(path: Path, aside: Path) -> None:
+    """Take a file out of the tree without losing it (the log says where it went)."""
+    if not path.is_file():
+        return
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    path.replace(aside)
+    log.warning("ralph.file_moved_aside", path=str(path), kept_at=str(aside))
 
 
 def reset_tree(worker: Worker, commit: str) -> None:
@@ -370,7 +379,8 @@ async def _commit(
     )
     # The checks may have left files behind; the next task starts from exactly the commit.
     await to_thread.run_sync(reset_tree, worker, sha)
-    worker.events.emit("committed", task=spec.id, attempt=attempt, commit=sha, learnings=added)
+    worker.events.emit("committed", task=spec.id, attempt=attempt, commit=sha, learnings=len(added))
+    _learnings_committed(worker, spec.id, added)
     return AttemptResult("committed", commit=sha)
 
 
@@ -406,7 +416,8 @@ async def commit_learnings_only(
     worker: Worker, task_id: str, attempt: int, learnings: list[str]
 ) -> None:
     """Keep what a failed attempt learned, in a commit that changes only the memory file."""
-    if not _add_learnings(worker, task_id, learnings):
+    added = _add_learnings(worker, task_id, learnings)
+    if not added:
         return
     memory_path = worker.settings.memory_file.as_posix()
     await to_thread.run_sync(repo.stage_paths, worker.root, [memory_path])
@@ -421,16 +432,21 @@ async def commit_learnings_only(
         # The learnings stay in the attempt's learnings.md; the tree must stay clean.
         await to_thread.run_sync(repo.checkout_paths, worker.root, "HEAD", [memory_path])
         log.error("ralph.learnings_not_committed", reason=str(exc), output=exc.output[-500:])
+        return
+    _learnings_committed(worker, task_id, added)
 
 
-def _add_learnings(worker: Worker, task_id: str, learnings: list[str]) -> int:
+def _add_learnings(worker: Worker, task_id: str, learnings: list[str]) -> list[memory.Learning]:
+    """Add learnings to the memory file, not yet committed; the new ones are returned."""
     if not learnings:
-        return 0
+        return []
     day = datetime.now(UTC).date().isoformat()
-    added = memory.add_learnings(worker.root / worker.settings.memory_file, learnings, task_id, day)
+    return memory.add_learnings(worker.root / worker.settings.memory_file, learnings, task_id, day)
+
+
+def _learnings_committed(worker: Worker, task_id: str, added: list[memory.Learning]) -> None:
     for learning in added:
         worker.events.emit("learning_added", task=task_id, text=learning.text)
-    return len(added)
 
 
 def _prompt_context(worker: Worker, spec: Spec, attempt: int) -> PromptContext:

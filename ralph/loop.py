@@ -151,7 +151,9 @@ class Ledger:
         self.streak = (outcome.failure_class, count)
         threshold = self.worker.settings.breaker_threshold
         if count >= threshold:
-            self.worker.events.emit("breaker_tripped", failure_class=last, tasks=count)
+            self.worker.events.emit(
+                "breaker_tripped", failure_class=outcome.failure_class, tasks=count
+            )
             raise BreakerTripped(
                 f"{count} tasks in a row failed with {outcome.failure_class}; stopping "
                 f"(breaker_threshold = {threshold}). Look at the last attempts under .ralph/"
@@ -219,10 +221,13 @@ async def attempt_through_limits(
         retry=retry_if_result(lambda r: r.reason in TRANSIENT and not worker.stop.is_requested),
         stop=stop_after_attempt(RETRY_TRIES) | stop_after_delay(settings.retry_max_wait),
         wait=lambda state: _wait_seconds(worker, state),
+        before_sleep=lambda state: _announce_wait(worker, state),
         sleep=lambda seconds: _sleep_unless_stopped(worker, seconds),
         retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
     )
     async for trying in retrying:
+        if trying.retry_state.attempt_number > 1 and worker.stop.is_requested:
+            break  # the wait was cut short by a stop: start no new agent
         with trying:
             result = await run_attempt(worker, spec, attempt)
             spent += result.report.cost_usd or 0.0
@@ -249,13 +254,18 @@ def _wait_seconds(worker: Worker, state: RetryCallState) -> float:
             )
     else:
         seconds = settings.retry_backoff * 2 ** (state.attempt_number - 1)
-    seconds = float(max(0.0, min(seconds, MAX_SINGLE_WAIT, settings.retry_max_wait)))
-    until = now + timedelta(seconds=seconds)
+    return float(max(0.0, min(seconds, MAX_SINGLE_WAIT, settings.retry_max_wait)))
+
+
+def _announce_wait(worker: Worker, state: RetryCallState) -> None:
+    """Say what ralph waits for and until when; only called when it really waits."""
+    result: AttemptResult = state.outcome.result() if state.outcome else AttemptResult("failed")
+    seconds = state.upcoming_sleep
+    until = datetime.now(UTC) + timedelta(seconds=seconds)
     worker.events.emit(
         "waiting", reason=result.reason, seconds=round(seconds, 1), until=until.isoformat()
     )
     log.warning("ralph.waiting", reason=result.reason, until=until.isoformat(timespec="seconds"))
-    return seconds
 
 
 RESET_MARGIN = 5.0

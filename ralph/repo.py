@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -333,9 +334,19 @@ def commit(root: Path, message: str, *, run_hooks: bool) -> str:
         except git.GitCommandError as exc:
             if _index_locked(exc):
                 raise
-            output = f"{exc.stdout or ''}{exc.stderr or ''}".strip()
+            output = _git_output(exc)
             raise CommitRejected("git refused the commit", output) from None
         return repo.head.commit.hexsha
+
+
+def _git_output(exc: git.GitCommandError) -> str:
+    """What git printed, without the quoting GitPython wraps it in."""
+    parts = []
+    for raw in (exc.stdout, exc.stderr):
+        text = str(raw or "").strip()
+        match = re.fullmatch(r"(?:stdout|stderr):\s*'(.*)'", text, re.DOTALL)
+        parts.append(match.group(1) if match else text)
+    return "\n".join(part for part in parts if part).strip()
 
 
 def task_message(title: str, trailers: dict[str, str]) -> str:

@@ -160,12 +160,18 @@ class Preset:
     def model_args(self, flag: str) -> list[str]:
         return [flag, self.settings.model] if self.settings.model else []
 
-    def finish(self, argv: list[str], stdin: Path | None = None, **env: str) -> AgentCommand:
-        """The command with ``agent_args`` appended and ``agent_env`` applied last."""
+    def finish(
+        self,
+        argv: list[str],
+        stdin: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        last: tuple[str, ...] = (),
+    ) -> AgentCommand:
+        """The command with ``agent_args`` (then ``last``) appended, ``agent_env`` applied last."""
         return AgentCommand(
-            [*argv, *self.settings.agent_args],
+            [*argv, *self.settings.agent_args, *last],
             stdin=stdin,
-            env={**env, **self.settings.agent_env},
+            env={**(env or {}), **self.settings.agent_env},
             unset=self.unset,
         )
 

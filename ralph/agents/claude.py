@@ -57,7 +57,7 @@ class ClaudeAgent(Preset):
         ]
         # As root the permission bypass is refused unless the CLI is told it is sandboxed.
         env = {"IS_SANDBOX": "1"} if os.geteuid() == 0 else {}
-        return self.finish(argv, stdin=prompt_file, **env)
+        return self.finish(argv, stdin=prompt_file, env=env)
 
     def report(self, run: AgentRun, now: datetime) -> AgentReport:
         result: dict[str, Any] | None = None

@@ -40,10 +40,8 @@ class CodexAgent(Preset):
             "--dangerously-bypass-approvals-and-sandbox",
             "--skip-git-repo-check",
             *self.model_args("--model"),
-            *self.settings.agent_args,
-            "-",  # read the prompt from stdin
         ]
-        return AgentCommand(argv, stdin=prompt_file, env=dict(self.settings.agent_env))
+        return self.finish(argv, stdin=prompt_file, last=("-",))  # "-": prompt from stdin
 
     def report(self, run: AgentRun, now: datetime) -> AgentReport:
         tokens_in = tokens_out = None

@@ -43,7 +43,7 @@ class GeminiAgent(Preset):
             *self.model_args("--model"),
         ]
         # An untrusted folder silently drops yolo back to asking: trust the work tree.
-        return self.finish(argv, stdin=prompt_file, GEMINI_CLI_TRUST_WORKSPACE="true")
+        return self.finish(argv, stdin=prompt_file, env={"GEMINI_CLI_TRUST_WORKSPACE": "true"})
 
     def report(self, run: AgentRun, now: datetime) -> AgentReport:
         result = None

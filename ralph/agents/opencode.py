@@ -40,8 +40,7 @@ class OpenCodeAgent(Preset):
         return self.finish(
             argv,
             stdin=prompt_file,
-            OPENCODE_PERMISSION='{"*":"allow"}',
-            OPENCODE_DISABLE_AUTOUPDATE="1",
+            env={"OPENCODE_PERMISSION": '{"*":"allow"}', "OPENCODE_DISABLE_AUTOUPDATE": "1"},
         )
 
     def report(self, run: AgentRun, now: datetime) -> AgentReport:
