@@ -272,10 +272,11 @@ def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
     known = {env_name(key) for key in Settings.model_fields} | AGENT_VARIABLES
     unknown = sorted(name for name in environ if name.startswith(ENV_PREFIX) and name not in known)
     if unknown:
-        raise SettingsError(
-            f"{unknown[0][len(ENV_PREFIX) :].lower()}: unknown setting "
-            f"(in environment variable {unknown[0]})"
-        )
+        name = unknown[0]
+        key = name[len(ENV_PREFIX) :].lower()
+        if name.upper() in known:
+            raise SettingsError(f"{key}: write the variable as {name.upper()}, not {name}")
+        raise SettingsError(f"{key}: unknown setting (in environment variable {name})")
     values: dict[str, Any] = {}
     for key, field in Settings.model_fields.items():
         name = env_name(key)
