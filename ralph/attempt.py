@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +32,7 @@ from ralph.settings import Settings
 from ralph.specs import Spec
 from ralph.state import AttemptIntent, StateStore
 from ralph.telemetry import EventLog
+from ralph.tracing import NoSpans, Spans
 
 log = structlog.get_logger("ralph")
 
@@ -48,6 +49,7 @@ class Worker:
     state: StateStore
     stop: Stop
     branch: str
+    spans: Spans = field(default_factory=NoSpans)
 
     @property
     def ralph_dir(self) -> Path:
@@ -72,6 +74,13 @@ def max_attempts(worker: Worker, spec: Spec) -> int:
 
 async def run_attempt(worker: Worker, spec: Spec, attempt: int) -> AttemptResult:
     """Run attempt number ``attempt`` of ``spec`` from the current HEAD."""
+    with worker.spans.span("ralph.attempt", task=spec.id, attempt=attempt) as annotate:
+        result = await _run_attempt(worker, spec, attempt)
+        annotate(status=result.status, reason=result.reason or None, commit=result.commit)
+        return result
+
+
+async def _run_attempt(worker: Worker, spec: Spec, attempt: int) -> AttemptResult:
     start = await to_thread.run_sync(repo.head_commit, worker.root)
     attempt_dir = _attempt_dir(worker, spec.id, attempt)
     prompt_file, learnings_file = attempt_dir / "prompt.md", attempt_dir / "learnings.md"
@@ -142,19 +151,28 @@ async def _run_agent(
         RALPH_LEARNINGS_FILE=str(learnings_file),
     )
     log_path = attempt_dir / "agent.log"
-    result = await run_in_group(
-        command.argv,
-        cwd=worker.root,
-        env=env,
-        stdin=command.stdin,
-        log_path=log_path,
-        timeout=spec.timeout or worker.settings.attempt_timeout,
-        grace=worker.settings.kill_grace,
-        stop=worker.stop,
-        on_start=started,
-    )
-    run = AgentRun(result.outcome, result.exit_code, log_path, result.tail)
-    report = worker.agent.report(run, datetime.now(UTC))
+    with worker.spans.span(
+        "ralph.agent", agent=worker.agent.name, model=worker.settings.model
+    ) as annotate:
+        result = await run_in_group(
+            command.argv,
+            cwd=worker.root,
+            env=env,
+            stdin=command.stdin,
+            log_path=log_path,
+            timeout=spec.timeout or worker.settings.attempt_timeout,
+            grace=worker.settings.kill_grace,
+            stop=worker.stop,
+            on_start=started,
+        )
+        run = AgentRun(result.outcome, result.exit_code, log_path, result.tail)
+        report = worker.agent.report(run, datetime.now(UTC))
+        annotate(
+            outcome=result.outcome,
+            exit_code=result.exit_code,
+            duration_s=round(result.duration, 3),
+            **report.as_event(),
+        )
     worker.events.emit(
         "agent_exited",
         task=spec.id,
@@ -214,6 +232,7 @@ async def _judge(
         timeout=settings.check_timeout,
         grace=settings.kill_grace,
         stop=worker.stop,
+        spans=worker.spans,
     )
     for result in results:
         worker.events.emit(
@@ -374,9 +393,11 @@ async def _commit(
             repo.stage_paths, worker.root, [worker.settings.memory_file.as_posix()]
         )
     message = repo.task_message(spec.title, receipt.trailers())
-    sha = await to_thread.run_sync(
-        lambda: repo.commit(worker.root, message, run_hooks=worker.settings.run_hooks)
-    )
+    with worker.spans.span("ralph.commit", task=spec.id, attempt=attempt) as annotate:
+        sha = await to_thread.run_sync(
+            lambda: repo.commit(worker.root, message, run_hooks=worker.settings.run_hooks)
+        )
+        annotate(commit=sha, **receipt.trailers())
     # The checks may have left files behind; the next task starts from exactly the commit.
     await to_thread.run_sync(reset_tree, worker, sha)
     worker.events.emit("committed", task=spec.id, attempt=attempt, commit=sha, learnings=len(added))

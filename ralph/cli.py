@@ -29,6 +29,7 @@ from ralph.specs import load_specs
 from ralph.state import StateStore
 from ralph.tasks import State, Task, plan
 from ralph.telemetry import EventLog, configure_logging, new_run_id
+from ralph.tracing import spans_from_environment
 
 log = structlog.get_logger("ralph")
 
@@ -149,9 +150,13 @@ def run(
             state=StateStore(root / repo.STATE_DIR),
             stop=Stop(),
             branch=branch,
+            spans=spans_from_environment(os.environ),
         )
         options = loop.RunOptions(once=once, max_tasks=max_tasks)
-        code = anyio.run(_serve, worker, options, deadline_at)
+        try:
+            code = anyio.run(_serve, worker, options, deadline_at)
+        finally:
+            worker.spans.shutdown()
     sys.exit(code)
 
 

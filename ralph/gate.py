@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from ralph.processes import Stop, run_in_group
+from ralph.processes import ProcessResult, Stop, run_in_group
 from ralph.prompt import failure_summary
 from ralph.repo import Change
+from ralph.tracing import NoSpans, Spans
 
 
 @dataclass(frozen=True)
@@ -107,26 +108,42 @@ async def run_checks(
     timeout: float,
     grace: float,
     stop: Stop,
+    spans: Spans | None = None,
 ) -> list[CheckResult]:
     """Run the checks in order until one fails (or a stop is requested)."""
     results = []
     for index, command in enumerate(checks, start=1):
-        result = await run_in_group(
-            ["/bin/sh", "-c", command],
-            cwd=root,
-            env=env,
-            log_path=log_dir / f"check-{index}.log",
-            timeout=timeout,
-            grace=grace,
-            stop=stop,
-            log_cap=2 * 1024 * 1024,
-        )
+        with (spans or NoSpans()).span("ralph.check", command=command) as annotate:
+            result = await _run_check(command, index, root, env, log_dir, timeout, grace, stop)
+            annotate(outcome=result.outcome, exit_code=result.exit_code, passed=result.ok)
         results.append(
             CheckResult(command, result.outcome, result.exit_code, result.duration, result.tail)
         )
         if not result.ok:
             break
     return results
+
+
+async def _run_check(
+    command: str,
+    index: int,
+    root: Path,
+    env: Mapping[str, str],
+    log_dir: Path,
+    timeout: float,
+    grace: float,
+    stop: Stop,
+) -> ProcessResult:
+    return await run_in_group(
+        ["/bin/sh", "-c", command],
+        cwd=root,
+        env=env,
+        log_path=log_dir / f"check-{index}.log",
+        timeout=timeout,
+        grace=grace,
+        stop=stop,
+        log_cap=2 * 1024 * 1024,
+    )
 
 
 def check_verdict(results: Sequence[CheckResult]) -> Verdict | None:

@@ -67,6 +67,15 @@ async def foreign_changes(worker: Worker) -> str:
 
 async def run(worker: Worker, options: RunOptions) -> int:
     """Work through the backlog; return the exit code the contract gives."""
+    with worker.spans.span(
+        "ralph.run", run_id=worker.events.run_id, once=options.once, branch=worker.branch
+    ) as annotate:
+        code = await _run(worker, options)
+        annotate(exit_code=code)
+        return code
+
+
+async def _run(worker: Worker, options: RunOptions) -> int:
     worker.events.emit("run_started", once=options.once, branch=worker.branch)
     ledger = Ledger(worker, options)
     reported: set[str] = set()
@@ -162,6 +171,17 @@ class Ledger:
 
 async def run_task(worker: Worker, task: Task) -> TaskOutcome:
     """Attempts with a fresh agent each until one is committed or the attempts run out."""
+    with worker.spans.span("ralph.task", task=task.id, title=task.title) as annotate:
+        outcome = await _run_task(worker, task)
+        annotate(
+            status=outcome.status,
+            failure_class=outcome.failure_class or None,
+            cost_usd=outcome.cost_usd or None,
+        )
+        return outcome
+
+
+async def _run_task(worker: Worker, task: Task) -> TaskOutcome:
     spec = task.spec
     assert spec is not None
     limit = max_attempts(worker, spec)
