@@ -126,6 +126,19 @@ class Settings(BaseSettings):
     max_cost_usd: float | None = Field(default=None, gt=0)
     """Take no new task once the agents' reported spend in this run reaches this."""
 
+    learnings: Literal["auto", "review"] = "auto"
+    """``auto``: learnings go straight into the memory file; ``review``: they wait in
+    ``.ralph/learnings-pending.md`` for ``ralph learnings accept``."""
+
+    max_learnings_per_attempt: Count = Field(default=10, ge=0, le=100)
+    """At most this many learnings are taken from one attempt."""
+
+    learnings_retention: Duration = 90 * 86400.0
+    """``ralph learnings compact`` moves learnings older than this to the archive."""
+
+    learnings_archive: Path = Path("docs/learnings-archive.md")
+    """Where compaction moves old learnings, relative to the repository root."""
+
     run_hooks: bool = False
     """Run the repository's git hooks on ralph's own commits (off: a planted hook never runs)."""
 
@@ -139,7 +152,7 @@ class Settings(BaseSettings):
             raise ValueError("a check command is empty")
         return cleaned
 
-    @field_validator("specs_dir", "memory_file")
+    @field_validator("specs_dir", "memory_file", "learnings_archive")
     @classmethod
     def _relative(cls, value: Path) -> Path:
         if value.is_absolute() or ".." in value.parts:
