@@ -28,6 +28,7 @@ from ralph.gate import Verdict, check_verdict, judge_changes, run_checks
 from ralph.processes import ProcessResult, Stop, run_in_group
 from ralph.prompt import PromptContext, build_prompt, failure_summary
 from ralph.receipts import Receipt
+from ralph.service import Notifier
 from ralph.settings import Settings
 from ralph.specs import Spec
 from ralph.state import AttemptIntent, StateStore
@@ -50,6 +51,7 @@ class Worker:
     stop: Stop
     branch: str
     spans: Spans = field(default_factory=NoSpans)
+    notify: Notifier = field(default_factory=lambda: Notifier(None))
 
     @property
     def ralph_dir(self) -> Path:
@@ -81,6 +83,7 @@ async def run_attempt(worker: Worker, spec: Spec, attempt: int) -> AttemptResult
 
 
 async def _run_attempt(worker: Worker, spec: Spec, attempt: int) -> AttemptResult:
+    worker.notify.status(f"task {spec.id} attempt {attempt}")
     start = await to_thread.run_sync(repo.head_commit, worker.root)
     attempt_dir = _attempt_dir(worker, spec.id, attempt)
     prompt_file, learnings_file = attempt_dir / "prompt.md", attempt_dir / "learnings.md"

@@ -24,6 +24,7 @@ from ralph.errors import RalphError, SettingsError, UsageError
 from ralph.lock import RepoLock, lock_holder
 from ralph.processes import Stop, become_subreaper
 from ralph.scaffold import init_repository
+from ralph.service import Notifier, beat
 from ralph.settings import Settings, load_settings
 from ralph.specs import load_specs
 from ralph.state import StateStore
@@ -151,6 +152,7 @@ def run(
             stop=Stop(),
             branch=branch,
             spans=spans_from_environment(os.environ),
+            notify=Notifier.from_environment(os.environ),
         )
         options = loop.RunOptions(once=once, max_tasks=max_tasks)
         try:
@@ -171,25 +173,29 @@ def _deadline(text: str | None) -> datetime | None:
 
 async def _serve(worker: Worker, options: loop.RunOptions, deadline: datetime | None) -> int:
     async with anyio.create_task_group() as group:
-        group.start_soon(_watch_signals, worker.stop)
+        group.start_soon(_watch_signals, worker)
+        group.start_soon(beat, worker.notify, worker.ralph_dir)
         if deadline is not None:
             group.start_soon(_stop_at, deadline, worker.stop)
         await loop.prepare(worker)  # recovery finishes even if a signal arrives meanwhile
+        worker.notify.ready()
         code = await loop.run(worker, options)
+        worker.notify.stopping()
         group.cancel_scope.cancel()
     return code
 
 
-async def _watch_signals(stop: Stop) -> None:
+async def _watch_signals(worker: Worker) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             name = signal.Signals(signum).name
             log.warning(
                 "ralph.signal",
                 signal=name,
-                action="stopping now" if stop.is_requested else "stopping after cleanup",
+                action="stopping now" if worker.stop.is_requested else "stopping after cleanup",
             )
-            stop.request(name)
+            worker.notify.stopping()
+            worker.stop.request(name)
 
 
 async def _stop_at(deadline: datetime, stop: Stop) -> None:

@@ -286,6 +286,7 @@ def _announce_wait(worker: Worker, state: RetryCallState) -> None:
         "waiting", reason=result.reason, seconds=round(seconds, 1), until=until.isoformat()
     )
     log.warning("ralph.waiting", reason=result.reason, until=until.isoformat(timespec="seconds"))
+    worker.notify.status(f"waiting for {result.reason} until {until.isoformat(timespec='seconds')}")
 
 
 RESET_MARGIN = 5.0
@@ -326,6 +327,7 @@ def _report_invalid(worker: Worker, tasks: list[Task], reported: set[str]) -> No
 
 async def idle(worker: Worker) -> None:
     """Wait for new specs: until the poll interval passes or a stop is requested."""
+    worker.notify.status("idle: waiting for new specs")
     with anyio.move_on_after(worker.settings.poll_interval):
         await worker.stop.requested.wait()
 

@@ -101,10 +101,12 @@ class Project:
         timeout: float = 60,
         env: Mapping[str, str] | None = None,
         check_code: int | None = None,
+        keep_notify: bool = False,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``ralph -C root ARGS`` as a real process and return what it did."""
         full_env = {**os.environ, **(env or {})}
-        full_env.pop("NOTIFY_SOCKET", None)
+        if not keep_notify:
+            full_env.pop("NOTIFY_SOCKET", None)
         result = subprocess.run(
             [sys.executable, "-m", "ralph", "-C", str(self.root), "--log-format", "json", *args],
             capture_output=True,
@@ -113,7 +115,11 @@ class Project:
             env=full_env,
         )
         if check_code is not None:
-            assert result.returncode == check_code, (result.returncode, result.stdout, result.stderr)
+            assert result.returncode == check_code, (
+                result.returncode,
+                result.stdout,
+                result.stderr,
+            )
         return result
 
     def popen(self, *args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
