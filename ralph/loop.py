@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Literal
 
 import anyio
@@ -18,6 +19,7 @@ from tenacity import (
     stop_after_attempt,
     stop_after_delay,
 )
+from watchfiles import awatch
 
 from ralph import repo
 from ralph.agents.failures import TRANSIENT, FailureClass
@@ -326,10 +328,37 @@ def _report_invalid(worker: Worker, tasks: list[Task], reported: set[str]) -> No
 
 
 async def idle(worker: Worker) -> None:
-    """Wait for new specs: until the poll interval passes or a stop is requested."""
+    """Wait for new specs: until a spec file changes, the poll interval passes, or a stop.
+
+    A file watcher (inotify on Linux) wakes the daemon within a fraction of a second
+    and costs nothing while idle; poll_interval stays the upper bound for what a
+    watcher can't see (a commit that makes a task runnable, a network file system).
+    """
     worker.notify.status("idle: waiting for new specs")
+    specs = worker.root / worker.settings.specs_dir
     with anyio.move_on_after(worker.settings.poll_interval):
-        await worker.stop.requested.wait()
+        async with anyio.create_task_group() as group:
+
+            async def stopped() -> None:
+                await worker.stop.requested.wait()
+                group.cancel_scope.cancel()
+
+            async def changed() -> None:
+                await _spec_change(specs, worker.stop.requested)
+                group.cancel_scope.cancel()
+
+            group.start_soon(stopped)
+            group.start_soon(changed)
+
+
+async def _spec_change(specs: Path, stop: anyio.Event) -> None:
+    """Return at the first change under ``specs``; sleep forever if it can't be watched."""
+    try:
+        async for _changes in awatch(specs, stop_event=stop, debounce=100, step=20):
+            return
+    except (OSError, RuntimeError) as exc:  # gone, or no watcher here: poll_interval rules
+        log.debug("ralph.spec_watch_unavailable", error=str(exc))
+    await anyio.sleep_forever()
 
 
 def exit_code(tasks: list[Task]) -> int:
