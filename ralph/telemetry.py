@@ -6,7 +6,7 @@ with a single ``write`` on an ``O_APPEND`` descriptor, so a line is whole or abs
 
 from __future__ import annotations
 
-import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -87,14 +87,24 @@ class EventLog:
             os.close(fd)
 
     def _rotate_if_full(self) -> None:
-        try:
-            if self.path.stat().st_size < self.max_bytes:
-                return
-        except FileNotFoundError:
+        if not self._full():
             return
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        with contextlib.suppress(FileNotFoundError):  # another writer just rotated it
-            os.rename(self.path, self.path.with_name(f"{self.path.stem}-{stamp}.jsonl"))
+        # Rotations are serialised so that file names sort in the order of their lines.
+        with (self.path.parent / f".{self.path.name}.lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not self._full():
+                return  # another writer rotated it a moment ago
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+            target = self.path.with_name(f"{self.path.stem}-{stamp}.jsonl")
+            while target.exists():
+                target = target.with_name(target.stem + "0.jsonl")
+            os.rename(self.path, target)
+
+    def _full(self) -> bool:
+        try:
+            return self.path.stat().st_size >= self.max_bytes
+        except FileNotFoundError:
+            return False
 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
