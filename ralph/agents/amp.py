@@ -50,7 +50,7 @@ class AmpAgent(Preset):
                 result = event
             elif event.get("type") == "assistant":
                 usage = (event.get("message") or {}).get("usage") or {}
-                tokens_in = add(tokens_in, usage.get("input_tokens"))
+                tokens_in = add(tokens_in, _input_tokens(usage))
                 tokens_out = add(tokens_out, usage.get("output_tokens"))
         if result is None:
             return text_report(
@@ -59,7 +59,7 @@ class AmpAgent(Preset):
         usage = result.get("usage") or {}
         final = result.get("result")
         known = AgentReport(
-            input_tokens=as_int(usage.get("input_tokens")) or tokens_in,
+            input_tokens=_input_tokens(usage) or tokens_in,
             output_tokens=as_int(usage.get("output_tokens")) or tokens_out,
             turns=as_int(result.get("num_turns")),
             final_message=final if isinstance(final, str) else None,
@@ -68,3 +68,11 @@ class AmpAgent(Preset):
             return known
         text = f"{result.get('error', '')} {run.tail[-2000:]}"
         return failed(known, text, now, classify_text(text), str(result.get("error", "")))
+
+
+def _input_tokens(usage: dict[str, Any]) -> int | None:
+    """Input tokens including cache reads and writes, as the claude preset counts them."""
+    return add(
+        add(as_int(usage.get("input_tokens")), usage.get("cache_creation_input_tokens")),
+        usage.get("cache_read_input_tokens"),
+    )

@@ -48,6 +48,7 @@ class CodexAgent(Preset):
         turns = 0
         final = None
         errors: list[str] = []
+        failed_turn = False
         for event in json_events(run):
             kind = event.get("type")
             if kind == "turn.completed":
@@ -60,6 +61,7 @@ class CodexAgent(Preset):
                 if item.get("type") == "agent_message" and isinstance(item.get("text"), str):
                     final = item["text"]
             elif kind == "turn.failed":
+                failed_turn = True
                 errors.append(str((event.get("error") or {}).get("message", "")))
             elif kind == "error":
                 errors.append(str(event.get("message", "")))
@@ -69,6 +71,10 @@ class CodexAgent(Preset):
             turns=turns or None,
             final_message=final,
         )
+        # "Reconnecting... k/N" errors precede a turn that may still complete: only a failed
+        # turn or a failed exit counts.
+        if not failed_turn and (run.outcome != "exited" or run.exit_code == 0):
+            return known
         if not errors:
             return text_report(run, now, known)
         text = " ".join(errors)

@@ -26,24 +26,34 @@ class FailureClass(StrEnum):
 # Limits and outages are nobody's fault: they don't use up the task's attempts.
 TRANSIENT = frozenset({FailureClass.USAGE_LIMIT, FailureClass.API_OUTAGE})
 
+# Phrases the CLIs and model APIs print, not bare numbers or words: a failed run's output
+# also holds the project's own test output ("401 passed", test_rate_limit.py), and a
+# wrong class here stops the run (auth) or retries an attempt for hours (limits).
+_STATUS = r"(?:(?:status(?: code)?:?|error:?|api error:?|http/?[\d.]*)\s*\(?|\()"
 _AUTH = re.compile(
-    r"invalid api key|not logged in|please run /login|authentication_error|authentication_failed"
-    r"|failed to authenticate|oauth token has expired|\b401\b|unauthori[sz]ed|ProviderAuthError"
-    r"|not able to authenticate|permission was denied\. check your api key"
-    r"|must specify the \w+_API_KEY|please set an auth method|credit balance is too low"
-    r"|out of (?:free )?credits|billing_error|missing bearer|no api key",
+    r"invalid api key|incorrect api key|not logged in|please run /login|authentication_error"
+    r"|authentication_failed|failed to authenticate|oauth token has expired"
+    rf"|{_STATUS}40[13]\b|\b401 unauthorized|ProviderAuthError|not able to authenticate you"
+    r"|permission was denied\. check your api key|must specify the \w+_API_KEY"
+    r"|please set an auth method|credit balance is too low|out of (?:free )?credits"
+    r"|billing_error|missing environment variable: `?\w*(?:KEY|TOKEN)",
     re.IGNORECASE,
 )
 _LIMIT = re.compile(
-    r"usage limit|hit your (?:\w+ )?limit|limit reached|rate[ _-]?limit|\b429\b|quota"
-    r"|resource_exhausted|too many requests|free usage exceeded|try again in|reset after",
+    r"usage limit|hit your (?:\w+ )?limit|limit reached|rate limit exceeded|rate_limit_error"
+    rf"|rate_limit_exceeded|rate limited you|{_STATUS}429\b|\b429 too many requests"
+    r"|too many requests|resource_exhausted|exceeded your current quota|quota exceeded"
+    r"|exhausted your (?:\w+ )?(?:quota|capacity)|free usage exceeded|FreeUsageLimitError",
     re.IGNORECASE,
 )
 _OUTAGE = re.compile(
-    r"overloaded|\b50[0234]\b|\b529\b|internal server error|service unavailable|bad gateway"
-    r"|connection error|fetch failed|econnreset|econnrefused|etimedout|network error"
-    r"|servers are down|no capacity available|capacity_exhausted|timed out without returning"
-    r"|stream disconnected|error sending request|experiencing high demand",
+    r"overloaded_error|is overloaded|provider is overloaded|overloaded\. this is a server-side"
+    rf"|{_STATUS}(?:50[0234]|529)\b|\b(?:500 internal server error|502 bad gateway"
+    r"|503 service unavailable|504 gateway timeout|529 overloaded)|internal server error\b"
+    r"|api error \(connection error|fetch failed|econnreset|econnrefused|etimedout"
+    r"|servers are down|no capacity available|capacity_exhausted"
+    r"|timed out without returning|stream disconnected|error sending request"
+    r"|experiencing high demand",
     re.IGNORECASE,
 )
 
@@ -72,12 +82,12 @@ def classify_status(status: int | None) -> FailureClass | None:
 
 
 _EPOCH = re.compile(r"limit reached\|(\d{9,11})")
+_UNITS = r"(?:ms|milliseconds?|days?|d|hours?|h|minutes?|mins?|m|seconds?|secs?|s)(?![a-z])"
 _RELATIVE = re.compile(
-    r"(?:reset after|retry in|retry after|try again in)\s+"
-    r"((?:\d+(?:\.\d+)?\s*(?:days?|d|hours?|h|minutes?|mins?|m|seconds?|secs?|s)\s*)+)",
+    rf"(?:reset after|retry in|retry after|try again in)\s+((?:\d+(?:\.\d+)?\s*{_UNITS}\s*)+)",
     re.IGNORECASE,
 )
-_UNIT = re.compile(r"(\d+(?:\.\d+)?)\s*(days?|d|hours?|h|minutes?|mins?|m|seconds?|secs?|s)")
+_UNIT = re.compile(rf"(\d+(?:\.\d+)?)\s*({_UNITS})", re.IGNORECASE)
 _CLOCK = re.compile(
     r"resets?\s+(?:at\s+)?(?:(?P<month>[A-Z][a-z]{2})\s+(?P<day>\d{1,2})\s+at\s+)?"
     r"(?P<hour>\d{1,2})(?::(?P<minute>\d{2}))?\s*(?P<ampm>am|pm)\s*(?:\((?P<tz>[\w/+-]+)\))?",
@@ -112,6 +122,8 @@ def parse_reset(text: str, now: datetime) -> datetime | None:
 
 def _unit_seconds(unit: str) -> float:
     unit = unit.lower()
+    if unit == "ms" or unit.startswith("milli"):
+        return 0.001
     if unit.startswith("d"):
         return 86400.0
     if unit.startswith("h"):
