@@ -23,11 +23,23 @@ from ralph.durations import parse_deadline
 from ralph.errors import RalphError, SettingsError, UsageError
 from ralph.lock import RepoLock, lock_holder
 from ralph.processes import Stop, become_subreaper
+from ralph.report import write_report
 from ralph.scaffold import init_repository
 from ralph.service import Notifier, beat
 from ralph.settings import Settings, load_settings
 from ralph.specs import load_specs
 from ralph.state import StateStore
+from ralph.stats import (
+    TASK_COLUMNS,
+    Stats,
+    compute_stats,
+    manual_commits,
+    parse_since,
+    read_all_events,
+    summary_rows,
+    task_rows,
+    work_branch,
+)
 from ralph.tasks import State, Task, plan
 from ralph.telemetry import EventLog, configure_logging, new_run_id
 from ralph.tracing import spans_from_environment
@@ -296,6 +308,46 @@ def retry(app: Context, task_id: str) -> None:
         "task_retried", task=task_id
     )
     click.echo(f"{task_id}: pending again")
+
+
+@cli.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of tables.")
+@click.option("--since", help="Count only events from this day (YYYY-MM-DD) or ISO time on.")
+@click.pass_obj
+def stats_command(app: Context, as_json: bool, since: str | None) -> None:
+    """Attempts, success rates, failures, time and cost, from the event log."""
+    numbers = _stats(app.root(), since)
+    if as_json:
+        click.echo(json.dumps(numbers.as_dict(), indent=2))
+        return
+    _print_table(["OVERALL", ""], [list(row) for row in summary_rows(numbers)])
+    if numbers.tasks:
+        click.echo("")
+        _print_table([column.upper() for column in TASK_COLUMNS], task_rows(numbers))
+
+
+@cli.command("report")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the page (default: .ralph/report.html).",
+)
+@click.pass_obj
+def report_command(app: Context, output: Path | None) -> None:
+    """Write the stats and their charts as one self-contained HTML page."""
+    root = app.root()
+    path = write_report(_stats(root, None), output or root / repo.STATE_DIR / "report.html")
+    click.echo(str(path))
+
+
+def _stats(root: Path, since: str | None) -> Stats:
+    try:
+        start = parse_since(since) if since else None
+    except ValueError:
+        raise UsageError(f"--since: {since!r} is not a day (YYYY-MM-DD) or an ISO time") from None
+    events = read_all_events(root / repo.STATE_DIR)
+    numbers = compute_stats(events, start)
+    return numbers.with_manual_commits(manual_commits(root, work_branch(events), start))
 
 
 @cli.command()
