@@ -264,6 +264,14 @@ def report(root: Path) -> None:
     )
     print("\n== ralph status")
     print("  " + status.stdout.rstrip().replace("\n", "\n  "))
+    for command in (["stats"], ["report"]):
+        shown = subprocess.run(
+            [sys.executable, "-m", "ralph", "-C", str(root), *command],
+            capture_output=True,
+            text=True,
+        )
+        print(f"\n== ralph {command[0]}")
+        print("  " + shown.stdout.rstrip().replace("\n", "\n  "))
 
 
 def main() -> int:
