@@ -25,6 +25,7 @@ from ralph.agents import Agent, AgentReport, AgentRun, agent_environment
 from ralph.agents.failures import TRANSIENT, FailureClass
 from ralph.atomic import write_atomic
 from ralph.gate import Verdict, check_verdict, judge_changes, run_checks
+from ralph.learnings import record as record_learnings
 from ralph.processes import ProcessResult, Stop, run_in_group
 from ralph.prompt import PromptContext, build_prompt, failure_summary
 from ralph.receipts import Receipt
@@ -111,7 +112,9 @@ async def _run_attempt(worker: Worker, spec: Spec, attempt: int) -> AttemptResul
         output_tokens=report.output_tokens,
         cost_usd=report.cost_usd,
     )
-    learnings = memory.read_learnings_file(learnings_file)
+    learnings = memory.read_learnings_file(
+        learnings_file, limit=worker.settings.max_learnings_per_attempt
+    )
     if verdict is None:
         worker.state.begin_attempt(dataclasses.replace(intent, phase="committing"))
         receipt = Receipt(
@@ -437,7 +440,7 @@ async def _roll_back(
 
 
 async def commit_learnings_only(
-    worker: Worker, task_id: str, attempt: int, learnings: list[str]
+    worker: Worker, task_id: str, attempt: int, learnings: list[str], subject: str = ""
 ) -> None:
     """Keep what a failed attempt learned, in a commit that changes only the memory file."""
     added = _add_learnings(worker, task_id, learnings)
@@ -446,7 +449,8 @@ async def commit_learnings_only(
     memory_path = worker.settings.memory_file.as_posix()
     await to_thread.run_sync(repo.stage_paths, worker.root, [memory_path])
     message = repo.task_message(
-        f"Learnings from attempt {attempt} of {task_id}", {repo.LEARNINGS_TRAILER: task_id}
+        subject or f"Learnings from attempt {attempt} of {task_id}",
+        {repo.LEARNINGS_TRAILER: task_id},
     )
     try:
         await to_thread.run_sync(
@@ -461,11 +465,12 @@ async def commit_learnings_only(
 
 
 def _add_learnings(worker: Worker, task_id: str, learnings: list[str]) -> list[memory.Learning]:
-    """Add learnings to the memory file, not yet committed; the new ones are returned."""
+    """Add learnings to the memory file (uncommitted; returns what changed), or with
+    ``learnings = "review"`` to the pending file (returns nothing to commit)."""
     if not learnings:
         return []
     day = datetime.now(UTC).date().isoformat()
-    return memory.add_learnings(worker.root / worker.settings.memory_file, learnings, task_id, day)
+    return record_learnings(worker.root, worker.settings, learnings, task_id, day)
 
 
 def _learnings_committed(worker: Worker, task_id: str, added: list[memory.Learning]) -> None:

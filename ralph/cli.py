@@ -21,6 +21,7 @@ from ralph.attempt import Worker
 from ralph.doctor import Finding, examine
 from ralph.durations import parse_deadline
 from ralph.errors import RalphError, SettingsError, UsageError
+from ralph.learnings import learnings_group
 from ralph.lock import RepoLock, lock_holder
 from ralph.processes import Stop, become_subreaper
 from ralph.report import write_report
@@ -367,6 +368,9 @@ def doctor(app: Context) -> None:
     if problems:
         click.echo(f"{problems} problem(s) found", err=True)
         sys.exit(1)
+
+
+cli.add_command(learnings_group)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,6 +4,8 @@ then the next task; when the backlog is empty, wait for new specs (or stop, with
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,8 +25,15 @@ from watchfiles import awatch
 
 from ralph import repo
 from ralph.agents.failures import TRANSIENT, FailureClass
-from ralph.attempt import AttemptResult, Worker, max_attempts, run_attempt
+from ralph.attempt import (
+    AttemptResult,
+    Worker,
+    commit_learnings_only,
+    max_attempts,
+    run_attempt,
+)
 from ralph.errors import RalphError, RepositoryError, UsageError
+from ralph.learnings import failure_lesson
 from ralph.recovery import recover_interrupted_attempt
 from ralph.specs import Spec, load_specs
 from ralph.tasks import State, Task, next_task, plan
@@ -193,9 +202,12 @@ async def _run_task(worker: Worker, task: Task) -> TaskOutcome:
             "task_started", task=spec.id, title=spec.title, attempts_so_far=task.attempts
         )
         log.info("ralph.task_started", title=spec.title)
+        check_failures: Counter[str] = Counter()
         for attempt in range(task.attempts + 1, limit + 1):
             with structlog.contextvars.bound_contextvars(attempt=attempt):
                 result, cost = await attempt_through_limits(worker, spec, attempt)
+            if result.reason == "check_failed":
+                check_failures[_failed_check(result.summary)] += 1
             spent += cost
             if result.status == "interrupted" or worker.stop.is_requested:
                 return TaskOutcome("interrupted", cost_usd=spent)
@@ -220,7 +232,25 @@ async def _run_task(worker: Worker, task: Task) -> TaskOutcome:
             "task_failed", task=spec.id, attempts=limit, reason=reason, failure_class=result.reason
         )
         log.error("ralph.task_failed", attempts=limit, reason=reason, failure_class=result.reason)
+        await _record_failure_lesson(worker, spec, limit, check_failures)
         return TaskOutcome("failed", result.reason, spent)
+
+
+async def _record_failure_lesson(
+    worker: Worker, spec: Spec, attempts: int, check_failures: Counter[str]
+) -> None:
+    """The lesson of the failure itself, for the next agent working in that area."""
+    top = check_failures.most_common(1)
+    command, failures = top[0] if top else (None, 0)
+    lesson = failure_lesson(spec.id, command, failures, attempts)
+    await commit_learnings_only(
+        worker, spec.id, attempts, [lesson], subject=f"Record why task {spec.id} failed"
+    )
+
+
+def _failed_check(summary: str) -> str:
+    match = re.match(r"Check `(.+?)`", summary)
+    return match.group(1) if match else "?"
 
 
 def _attempt_log(result: AttemptResult) -> str:

@@ -1,16 +1,21 @@
 """The memory file (AGENTS.md) and the learnings agents leave behind in it.
 
-Agents write learnings as markdown bullets to a scratch file; ralph cleans them, drops the
-ones the memory file already holds and appends the rest under ``## Learnings`` as
-``- [<task_id> · <day>] <text>``. Everything outside that section belongs to people and is
-kept byte for byte.
+Agents write learnings as markdown bullets to a scratch file; ralph cleans them and appends
+them under ``## Learnings`` as ``- [<task_id> · <day>] <text>``. A learning the section already
+holds, even reworded, refreshes that entry's label instead of adding a line. Everything outside
+that section belongs to people and is kept byte for byte. This module owns the file format;
+ralph.learnings owns the workflow around it (review, compaction, commits).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import date
 from pathlib import Path
 
 from ralph.atomic import write_atomic
@@ -18,6 +23,17 @@ from ralph.atomic import write_atomic
 MAX_LEARNING_CHARS = 400
 MAX_LEARNINGS_PER_FILE = 20
 LEARNINGS_HEADING = "## Learnings"
+ARCHIVE_HEADING = "## Archived learnings"
+ARCHIVE_INTRO = (
+    "# Learnings archive\n\n"
+    "Learnings that `ralph learnings compact` moved out of the memory file once they were older\n"
+    "than `learnings_retention`. Agents do not read this file.\n"
+)
+# Two learnings are one lesson when their content words overlap this much (Jaccard index)...
+SIMILAR_WORDS = 0.8
+# ...and each has at least this many: below it, a word or two decides, and only an equal
+# normalise() key counts.
+MIN_SIMILAR_WORDS = 4
 
 # An agent can write anything, so a bound keeps a runaway file from costing memory and time.
 _MAX_LEARNINGS_FILE_BYTES = 1024 * 1024
@@ -38,6 +54,17 @@ _ENTRY = re.compile(r"- \[(?P<task_id>[^\s\[\]·]+) · (?P<day>\d{4}-\d{2}-\d{2}
 # Zero-width joiners hold emoji together; every other format character is invisible text that
 # could hide instructions from the people who review AGENTS.md.
 _KEPT_FORMAT_CHARS = frozenset("\u200d")
+_WORD = re.compile(r"[^\W_]+")
+# Words too common to tell lessons apart or to tie a learning to a task. Negations are not
+# here: "use uv" and "never use uv" must stay different lessons.
+# fmt: off
+_STOPWORDS = frozenset({
+    "a", "an", "and", "are", "as", "at", "be", "been", "by", "can", "for", "from", "has",
+    "have", "in", "into", "is", "it", "its", "of", "on", "or", "so", "than", "that", "the",
+    "then", "there", "these", "this", "those", "to", "was", "were", "when", "which", "will",
+    "with", "you", "your",
+})
+# fmt: on
 
 
 @dataclass(frozen=True)
@@ -49,6 +76,50 @@ class Learning:
     task_id: str
     day: str
     """ISO date, e.g. ``2026-11-23``."""
+
+    def as_line(self) -> str:
+        """The entry as the memory file holds it, without the newline."""
+        return f"- [{self.task_id} · {self.day}] {self.text}"
+
+
+@dataclass(frozen=True)
+class Compaction:
+    """What compact_learnings did to the memory file."""
+
+    merged: int
+    """Entries dropped because an earlier entry holds the same lesson."""
+    archived: tuple[Learning, ...]
+    """Entries moved to the archive, oldest first as they stood in the file."""
+
+
+@dataclass(frozen=True)
+class _Lesson:
+    """What two learnings are compared by: their normalise() key and their content words."""
+
+    key: str
+    words: frozenset[str]
+
+    @classmethod
+    def of(cls, text: str) -> _Lesson:
+        return cls(normalise(text), content_words(text))
+
+    def likeness(self, other: _Lesson) -> float:
+        if self.key == other.key:
+            return 1.0
+        if min(len(self.words), len(other.words)) < MIN_SIMILAR_WORDS:
+            return 0.0
+        return len(self.words & other.words) / len(self.words | other.words)
+
+
+@dataclass(eq=False)
+class _Slot:
+    """A line of the Learnings section while it is being edited (compared by identity)."""
+
+    lesson: _Lesson
+    entry: Learning | None
+    """None: a line a person wrote, which ralph never rewrites."""
+    line: int | None
+    """Index into the file's lines; None: not in the file yet."""
 
 
 @dataclass(frozen=True)
@@ -63,16 +134,16 @@ class _Layout:
         return () if self.heading is None else self.lines[self.heading + 1 : self.end]
 
 
-def read_learnings_file(path: Path) -> list[str]:
+def read_learnings_file(path: Path, limit: int = MAX_LEARNINGS_PER_FILE) -> list[str]:
     """Parse the markdown bullets an agent wrote to its learnings file into cleaned learnings.
 
     A missing or unreadable file gives ``[]``. Bullets start with ``-``, ``*``, ``+`` or
     ``1.``; indented lines join their bullet; any other paragraph is one learning; headings are
     titles, not learnings, and are dropped. Empty and repeated learnings are dropped and at most
-    MAX_LEARNINGS_PER_FILE are returned.
+    ``limit`` are returned, first ones first.
     """
     # is_file keeps a FIFO or device at the path from blocking or flooding the read.
-    if not path.is_file():
+    if limit <= 0 or not path.is_file():
         return []
     try:
         with path.open("rb") as handle:
@@ -87,7 +158,7 @@ def read_learnings_file(path: Path) -> list[str]:
         if key and key not in seen:
             seen.add(key)
             learnings.append(text)
-            if len(learnings) == MAX_LEARNINGS_PER_FILE:
+            if len(learnings) == limit:
                 break
     return learnings
 
@@ -122,59 +193,172 @@ def normalise(text: str) -> str:
     return " ".join("".join(kept).split())
 
 
+def content_words(text: str) -> frozenset[str]:
+    """The words that carry a learning's meaning: case folded, no punctuation, no stopwords."""
+    words = _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
+    return frozenset(word for word in words if word not in _STOPWORDS)
+
+
+def same_lesson(first: str, second: str) -> bool:
+    """Whether two learnings say the same thing: equal normalise() keys, or, when both have
+    at least MIN_SIMILAR_WORDS content words, word sets overlapping by SIMILAR_WORDS or more."""
+    return _Lesson.of(first).likeness(_Lesson.of(second)) >= SIMILAR_WORDS
+
+
 def existing_learnings(memory_path: Path) -> list[Learning]:
-    """The entries under the Learnings heading, oldest first (missing file: [])."""
+    """The entries under the Learnings heading, in file order (missing file: [])."""
+    return [learning for _, learning in located_learnings(memory_path)]
+
+
+def located_learnings(memory_path: Path) -> list[tuple[int, Learning]]:
+    """The entries under the Learnings heading with their 1-based line numbers."""
     try:
         text = memory_path.read_bytes().decode("utf-8", errors="replace")
     except FileNotFoundError:
         return []
-    entries = (_ENTRY.fullmatch(line.rstrip()) for line in _layout(text).section())
-    return [
-        Learning(text=entry["text"], task_id=entry["task_id"], day=entry["day"])
-        for entry in entries
-        if entry
-    ]
+    layout = _layout(text)
+    if layout.heading is None:
+        return []
+    located = []
+    for index in range(layout.heading + 1, layout.end):
+        entry = _parse_entry(layout.lines[index])
+        if entry is not None:
+            located.append((index + 1, entry))
+    return located
 
 
-def add_learnings(memory_path: Path, texts: list[str], task_id: str, day: str) -> list[Learning]:
-    """Append the new ones among ``texts`` to the Learnings section and return those added.
+def add_learnings(
+    memory_path: Path, texts: list[str], task_id: str, day: str, *, limit: int | None = None
+) -> list[Learning]:
+    """Record ``texts`` as learnings of ``task_id`` on ``day``; return the entries changed.
 
-    Texts are cleaned first; one whose normalise() key matches a line already in the section,
-    or an earlier text of this call, is skipped. The heading is appended if missing, and
-    content outside the section is kept byte for byte. Nothing new: the file is not rewritten.
+    Texts are cleaned first and at most ``limit`` non-empty ones are taken (None: all). Then
+    merge_learnings: new lessons are appended, known ones refresh their entry's label.
     Raises ValueError for a task id or day that would break the entry format.
     """
+    check_label(task_id, day)
+    cleaned = [text for text in map(clean_learning, texts) if normalise(text)]
+    if limit is not None:
+        cleaned = cleaned[: max(limit, 0)]
+    return merge_learnings(memory_path, [Learning(text, task_id, day) for text in cleaned])
+
+
+def check_label(task_id: str, day: str) -> None:
+    """Raise ValueError unless ``task_id`` and ``day`` can label an entry and be read back."""
     if not _TASK_ID.fullmatch(task_id):
         raise ValueError(f"task id {task_id!r} cannot label a learning")
     if not _DAY.fullmatch(day):
         raise ValueError(f"day {day!r} is not an ISO date like 2026-11-23")
-    try:
-        raw = memory_path.read_bytes()
-    except FileNotFoundError:
-        raw = b""
+
+
+def merge_learnings(memory_path: Path, learnings: Sequence[Learning]) -> list[Learning]:
+    """Put ``learnings`` (already clean) under the Learnings heading; return the entries changed.
+
+    A learning that is the same lesson (same_lesson) as an entry, or as one before it in
+    ``learnings``, takes that entry's place in the file: the entry keeps its text and position
+    and gets the newer learning's task id and day. One that matches a line a person wrote is
+    dropped. The rest are appended at the end of the section; the heading is appended to the
+    file if missing, and content outside the section is kept byte for byte. Returned: the
+    appended and the relabelled entries as they now stand. Nothing changed: the file is not
+    rewritten (or created).
+    """
+    raw = _read_or_empty(memory_path)
     # surrogateescape round-trips bytes that are not UTF-8, so people's text stays untouched.
     layout = _layout(raw.decode("utf-8", errors="surrogateescape"))
-    seen = {normalise(_line_text(line)) for line in layout.section()}
-    added: list[Learning] = []
-    for text in texts:
-        cleaned = clean_learning(text)
-        key = normalise(cleaned)
-        if key and key not in seen:
-            seen.add(key)
-            added.append(Learning(text=cleaned, task_id=task_id, day=day))
-    if not added:
+    slots = _slots(layout)
+    known = _Lessons(slots)
+    for slot in slots:
+        known.add(slot)
+    appended: list[_Slot] = []
+    changed: list[_Slot] = []
+    for learning in learnings:
+        lesson = _Lesson.of(learning.text)
+        if not lesson.key:
+            continue
+        match = known.find(lesson)
+        if match is None:
+            slot = _Slot(lesson, learning, None)
+            known.add(slot)
+            appended.append(slot)
+            changed.append(slot)
+        elif _relabel(match, learning) and match not in changed:
+            changed.append(match)
+    if not changed:
         return []
-    entries = [f"- [{entry.task_id} · {entry.day}] {entry.text}\n" for entry in added]
-    updated = _insert_entries(layout, entries)
+    lines = _relabelled_lines(layout, changed)
+    entries = [f"{slot.entry.as_line()}\n" for slot in appended if slot.entry is not None]
+    updated = _insert_entries(_Layout(lines, layout.heading, layout.end), entries)
     write_atomic(memory_path, updated.encode("utf-8", errors="surrogateescape"))
-    return added
+    return [slot.entry for slot in changed if slot.entry is not None]
 
 
-def memory_for_prompt(memory_path: Path, budget: int) -> str:
+def compact_learnings(memory_path: Path, archive_path: Path, before: date) -> Compaction:
+    """Merge repeated lessons in the Learnings section and archive entries dated before ``before``.
+
+    Of entries holding one lesson (same_lesson) the first stays, with the newest label among
+    them; an entry repeating a line a person wrote goes. Then entries whose day is before
+    ``before`` move to ``archive_path`` (archive_learnings). Lines people wrote stay; runs of
+    blank lines in the section fold into one. Nothing to do: neither file is touched.
+    """
+    raw = _read_or_empty(memory_path)
+    layout = _layout(raw.decode("utf-8", errors="surrogateescape"))
+    slots = _slots(layout)
+    known = _Lessons(slots)
+    kept: list[_Slot] = []
+    relabelled: list[_Slot] = []
+    dropped: set[int] = set()
+    for slot in slots:
+        match = None if slot.entry is None else known.find(slot.lesson)
+        if match is None:
+            known.add(slot)
+            kept.append(slot)
+            continue
+        assert slot.entry is not None and slot.line is not None
+        dropped.add(slot.line)
+        if _relabel(match, slot.entry) and match not in relabelled:
+            relabelled.append(match)
+    merged = len(dropped)
+    old = [slot for slot in kept if slot.entry is not None and _before(slot.entry.day, before)]
+    if not dropped and not old:
+        return Compaction(0, ())
+    dropped.update(slot.line for slot in old if slot.line is not None)
+    archived = tuple(slot.entry for slot in old if slot.entry is not None)
+    archive_learnings(archive_path, list(archived))
+    lines = _relabelled_lines(layout, relabelled)
+    assert layout.heading is not None  # there were entries, so there is a section
+    section = [lines[i] for i in range(layout.heading + 1, layout.end) if i not in dropped]
+    updated = (*lines[: layout.heading + 1], *_fold_blank_runs(section), *lines[layout.end :])
+    write_atomic(memory_path, "".join(updated).encode("utf-8", errors="surrogateescape"))
+    return Compaction(merged, archived)
+
+
+def archive_learnings(archive_path: Path, learnings: list[Learning]) -> None:
+    """Append ``learnings`` under ``## Archived learnings`` in ``archive_path``, as they were.
+
+    A missing file is created with a short title; a missing heading is appended. An entry the
+    archive already holds line for line is not added again, so a compaction cut short and run
+    again archives nothing twice.
+    """
+    raw = _read_or_empty(archive_path)
+    text = raw.decode("utf-8", errors="surrogateescape") if raw else ARCHIVE_INTRO
+    layout = _layout(text, ARCHIVE_HEADING)
+    present = {
+        entry for entry in (_parse_entry(line) for line in layout.section()) if entry is not None
+    }
+    lines = [f"{learning.as_line()}\n" for learning in learnings if learning not in present]
+    if not lines:
+        return
+    updated = _insert_entries(layout, list(dict.fromkeys(lines)), ARCHIVE_HEADING)
+    write_atomic(archive_path, updated.encode("utf-8", errors="surrogateescape"))
+
+
+def memory_for_prompt(memory_path: Path, budget: int, spec_text: str = "") -> str:
     """The memory file's text for a prompt, at most ``budget`` UTF-8 bytes (missing file: "").
 
-    When the whole file does not fit, the part people wrote comes first, then the newest
-    learnings that fit and a line saying how many older ones were left out.
+    When the whole file does not fit, the part people wrote comes first, then the learnings
+    that fit, chosen by the words they share with ``spec_text`` (most first) and then by
+    recency, shown in file order after a line saying how many were left out. The file on disk
+    is never changed.
     """
     try:
         text = memory_path.read_bytes().decode("utf-8", errors="replace")
@@ -189,7 +373,8 @@ def memory_for_prompt(memory_path: Path, budget: int) -> str:
     heading = _ended(layout.lines[layout.heading])
     items = [_ended(line) for line in layout.section() if line.strip()]
     after = "".join(layout.lines[layout.end :])
-    return _fit_learnings(before, heading, items, after, budget)
+    parts = _Parts(before, heading, after, memory_path.name)
+    return _fit_learnings(parts, items, content_words(spec_text), budget)
 
 
 def _visible(char: str) -> bool:
@@ -227,26 +412,130 @@ def _split_items(text: str) -> list[str]:
     return [" ".join(item) for item in items]
 
 
-def _layout(text: str) -> _Layout:
+def _layout(text: str, heading: str = LEARNINGS_HEADING) -> _Layout:
     lines = tuple(_LINE.findall(text))
-    for heading, line in enumerate(lines):
-        if line.rstrip() == LEARNINGS_HEADING:
-            ends = (i for i in range(heading + 1, len(lines)) if _SECTION_END.match(lines[i]))
-            return _Layout(lines, heading, next(ends, len(lines)))
+    for at, line in enumerate(lines):
+        if line.rstrip() == heading:
+            ends = (i for i in range(at + 1, len(lines)) if _SECTION_END.match(lines[i]))
+            return _Layout(lines, at, next(ends, len(lines)))
     return _Layout(lines, None, len(lines))
 
 
-def _line_text(line: str) -> str:
-    """The learning a line of the section holds, whether ralph or a person wrote it."""
+def _parse_entry(line: str) -> Learning | None:
     entry = _ENTRY.fullmatch(line.rstrip())
-    return entry["text"] if entry else clean_learning(line)
+    if entry is None:
+        return None
+    return Learning(text=entry["text"], task_id=entry["task_id"], day=entry["day"])
 
 
-def _insert_entries(layout: _Layout, entries: list[str]) -> str:
+def _slots(layout: _Layout) -> list[_Slot]:
+    """The section's non-blank lines: ralph's entries and the lines people wrote."""
+    if layout.heading is None:
+        return []
+    slots = []
+    for index in range(layout.heading + 1, layout.end):
+        line = layout.lines[index]
+        entry = _parse_entry(line)
+        lesson = _Lesson.of(entry.text if entry else clean_learning(line))
+        if lesson.key:
+            slots.append(_Slot(lesson, entry, index))
+    return slots
+
+
+class _Lessons:
+    """The lessons seen so far, found again by key or by shared words without a full scan.
+
+    Prefix filtering: with words in one fixed order (rarest first), two word sets whose
+    Jaccard index reaches SIMILAR_WORDS share a word among the first few of each, so only the
+    lessons filed under those words are compared.
+    """
+
+    def __init__(self, everything: Sequence[_Slot]) -> None:
+        self._rarity = Counter(word for slot in everything for word in slot.lesson.words)
+        self._by_key: dict[str, list[_Slot]] = {}
+        self._by_word: dict[str, list[_Slot]] = {}
+        self._order: dict[int, int] = {}
+
+    def add(self, slot: _Slot) -> None:
+        self._order[id(slot)] = len(self._order)
+        self._by_key.setdefault(slot.lesson.key, []).append(slot)
+        for word in self._prefix(slot.lesson.words):
+            self._by_word.setdefault(word, []).append(slot)
+
+    def find(self, lesson: _Lesson) -> _Slot | None:
+        """The lesson most like ``lesson`` (the later one on a tie), if it is the same lesson."""
+        candidates = {id(slot): slot for slot in self._by_key.get(lesson.key, [])}
+        for word in self._prefix(lesson.words):
+            candidates.update((id(slot), slot) for slot in self._by_word.get(word, []))
+        best: _Slot | None = None
+        best_rank = (SIMILAR_WORDS, -1)
+        for slot in candidates.values():
+            rank = (lesson.likeness(slot.lesson), self._order[id(slot)])
+            if rank >= best_rank:
+                best, best_rank = slot, rank
+        return best
+
+    def _prefix(self, words: frozenset[str]) -> list[str]:
+        if len(words) < MIN_SIMILAR_WORDS:
+            return []
+        # The epsilon keeps float rounding from asking for one shared word too many.
+        overlap = math.ceil(SIMILAR_WORDS * len(words) - 1e-9)
+        ordered = sorted(words, key=lambda word: (self._rarity[word], word))
+        return ordered[: len(words) - overlap + 1]
+
+
+def _relabel(slot: _Slot, newer: Learning) -> bool:
+    """Give an entry the label of a learning repeating it, unless that one is older."""
+    entry = slot.entry
+    if entry is None or newer.day < entry.day:
+        return False
+    if (newer.task_id, newer.day) == (entry.task_id, entry.day):
+        return False
+    slot.entry = replace(entry, task_id=newer.task_id, day=newer.day)
+    return True
+
+
+def _relabelled_lines(layout: _Layout, slots: list[_Slot]) -> tuple[str, ...]:
+    """The file's lines with the entries of ``slots`` (those in the file) written anew."""
+    lines = list(layout.lines)
+    for slot in slots:
+        if slot.line is not None and slot.entry is not None:
+            old = lines[slot.line]
+            ending = old[len(old.rstrip("\r\n")) :]
+            lines[slot.line] = slot.entry.as_line() + ending
+    return tuple(lines)
+
+
+def _before(day: str, cutoff: date) -> bool:
+    try:
+        return date.fromisoformat(day) < cutoff
+    except ValueError:  # a date like 2026-13-40 that a person typed: not old, just odd
+        return False
+
+
+def _fold_blank_runs(lines: list[str]) -> list[str]:
+    folded: list[str] = []
+    for line in lines:
+        if not line.strip() and folded and not folded[-1].strip():
+            continue
+        folded.append(line)
+    return folded
+
+
+def _read_or_empty(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+def _insert_entries(layout: _Layout, entries: list[str], heading: str = LEARNINGS_HEADING) -> str:
     lines = list(layout.lines)
     if layout.heading is None:
-        opening = f"\n{LEARNINGS_HEADING}\n\n" if lines else f"{LEARNINGS_HEADING}\n\n"
+        opening = f"\n{heading}\n\n" if lines else f"{heading}\n\n"
         return "".join(lines) + opening + "".join(entries)
+    if not entries:
+        return "".join(lines)
     # New entries go after the last non-blank line, so the blank lines that part the section
     # from the next heading stay after them.
     at = layout.end
@@ -263,28 +552,62 @@ def _insert_entries(layout: _Layout, entries: list[str]) -> str:
     return "".join(before + entries + after)
 
 
-def _fit_learnings(before: str, heading: str, items: list[str], after: str, budget: int) -> str:
-    """Human text whole, then the newest learnings that fit ``budget`` after it."""
-    gap = "\n" if after else ""
+@dataclass(frozen=True)
+class _Parts:
+    """A memory file too big for the prompt, around the learnings to choose from."""
+
+    before: str
+    heading: str
+    after: str
+    file_name: str
+
+
+def _fit_learnings(parts: _Parts, items: list[str], spec_words: frozenset[str], budget: int) -> str:
+    """Human text whole, then the learnings that fit ``budget``, best first, in file order."""
+    gap = "\n" if parts.after else ""
     # Room is reserved for the longest note, the one that leaves every learning out.
-    skeleton = before + heading + "\n" + _left_out_note(len(items)) + gap + after
+    longest_note = _left_out_note(len(items), len(items), parts.file_name)
+    skeleton = parts.before + parts.heading + "\n" + longest_note + gap + parts.after
     room = budget - _size(skeleton)
     if room < 0:
-        return _truncate(before + after, budget)
-    kept: list[str] = []
-    for item in reversed(items):
-        room -= _size(item)
-        if room < 0:
-            break
-        kept.append(item)
+        return _truncate(parts.before + parts.after, budget)
+    kept: list[int] = []
+    for index in _prompt_order(items, spec_words):
+        size = _size(items[index])
+        if size <= room:
+            kept.append(index)
+            room -= size
+    kept.sort()
     left_out = len(items) - len(kept)
-    note = _left_out_note(left_out) if left_out else ""
-    return before + heading + "\n" + note + "".join(reversed(kept)) + gap + after
+    note = _left_out_note(left_out, len(items), parts.file_name) if left_out else ""
+    shown = "".join(items[index] for index in kept)
+    return parts.before + parts.heading + "\n" + note + shown + gap + parts.after
 
 
-def _left_out_note(count: int) -> str:
-    noun = "learning" if count == 1 else "learnings"
-    return f"({count} older {noun} left out to fit the prompt budget)\n"
+def _prompt_order(items: list[str], spec_words: frozenset[str]) -> list[int]:
+    """Indexes of ``items``, most words shared with the spec first, then newest first.
+
+    A line a person wrote has no date: it counts as being as new as the entry above it.
+    """
+    ranks: list[tuple[int, str, int]] = []
+    day = ""
+    for index, item in enumerate(items):
+        entry = _parse_entry(item)
+        if entry is not None:
+            day = entry.day
+        text = entry.text if entry is not None else item
+        shared = len(content_words(text) & spec_words) if spec_words else 0
+        ranks.append((shared, day, index))
+    ranks.sort(reverse=True)
+    return [index for _, _, index in ranks]
+
+
+def _left_out_note(count: int, total: int, file_name: str) -> str:
+    noun = "learning" if total == 1 else "learnings"
+    return (
+        f"({count} of {total} {noun} left out to fit the prompt budget; "
+        f"shown: those closest to this task, then the newest; all are in {file_name})\n"
+    )
 
 
 def _truncate(text: str, budget: int) -> str:

@@ -1,4 +1,7 @@
-"""``ralph init``: the files a repository needs, written only where nothing exists yet."""
+"""``ralph init``: the files a repository needs, written only where nothing exists yet.
+
+The one exception is ``.gitattributes``: a line is appended to it, nothing in it is changed.
+"""
 
 from __future__ import annotations
 
@@ -47,6 +50,11 @@ where things live. ralph appends what each agent learned under "Learnings".
 
 ## Learnings
 """
+
+
+# Branches that each append learnings to AGENTS.md merge without a conflict: git keeps the
+# lines of both sides (compaction merges any repeats later).
+MEMORY_MERGE_LINE = "AGENTS.md merge=union"
 
 
 def guess_checks(root: Path) -> list[str]:
@@ -111,4 +119,28 @@ def init_repository(root: Path) -> list[tuple[str, str]]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(content, encoding="utf-8")
         report.append((relative, "written"))
+    report.append((".gitattributes", _merge_memory_by_union(root / ".gitattributes")))
     return report
+
+
+def _merge_memory_by_union(path: Path) -> str:
+    """Add MEMORY_MERGE_LINE to ``path`` unless AGENTS.md already has a merge attribute there.
+
+    A merge setting someone chose for AGENTS.md (union or another driver) is theirs to keep.
+    """
+    if not path.exists():
+        path.write_text(MEMORY_MERGE_LINE + "\n", encoding="utf-8")
+        return "written"
+    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    if any(_sets_memory_merge(line) for line in text.splitlines()):
+        return "unchanged (it already sets how AGENTS.md merges)"
+    prefix = "" if not text or text.endswith("\n") else "\n"
+    with path.open("a", encoding="utf-8", errors="surrogateescape") as handle:
+        handle.write(f"{prefix}{MEMORY_MERGE_LINE}\n")
+    return f"appended {MEMORY_MERGE_LINE}"
+
+
+def _sets_memory_merge(line: str) -> bool:
+    pattern, *attributes = line.split() or [""]
+    names = (attribute.lstrip("-!").split("=")[0] for attribute in attributes)
+    return pattern in ("AGENTS.md", "/AGENTS.md") and "merge" in names

@@ -76,11 +76,15 @@ def test_failed_task_leaves_the_tree_exactly_as_it_was(project: Project) -> None
         },
     )
     head = project.head()
-    result = project.ralph("run", "--once", check_code=1)
-    assert project.head() == head, result.stderr
+    project.ralph("run", "--once", check_code=1)
+    # The only commits are learnings (the failure's own lesson), touching only AGENTS.md.
+    changed = project.git("diff", "--name-only", head, "HEAD").split()
+    assert changed == ["AGENTS.md"]
+    assert "failed 2 attempts; check `false` failed in 2" in project.git("show", "HEAD")
     after = tree_snapshot(project.root)
     # Ignored files are the user's: ralph leaves them alone, even when the agent wrote there.
     assert after.pop("build/cache.bin") != before.pop("build/cache.bin")
+    assert after.pop("AGENTS.md") != before.pop("AGENTS.md")
     assert after == before
     task = project.status_json()["break"]
     assert (task["state"], task["attempts"]) == ("failed", 2)

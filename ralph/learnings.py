@@ -1,0 +1,387 @@
+"""What happens to learnings around the memory file: review, compaction, listing, commits.
+
+ralph.memory owns the format of AGENTS.md; this module decides where a learning goes
+(straight into the memory file, or to ``.ralph/learnings-pending.md`` for review), merges
+and archives old ones, commits what it changes, and holds the ``ralph learnings`` commands.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import click
+import git
+
+from ralph import memory, repo
+from ralph.atomic import write_atomic
+from ralph.errors import RalphError, RepositoryError
+from ralph.lock import RepoLock
+from ralph.memory import Learning
+from ralph.settings import Settings
+
+PENDING_FILE = Path(repo.STATE_DIR) / "learnings-pending.md"
+PENDING_INTRO = (
+    "# Learnings waiting for review\n\n"
+    "List them with `ralph learnings pending`; keep them with `ralph learnings accept [N...]`,\n"
+    "drop them with `ralph learnings reject [N...]`.\n"
+)
+COMPACT_TRAILER = "compact"
+REVIEW_TRAILER = "review"
+_BLAME_HEADER = re.compile(r"([0-9a-f]{40}) \d+ (\d+)")
+_MAX_COMMAND_CHARS = 120
+
+
+class UnknownLearning(RalphError):
+    """A pending learning number that is not in the list (exit 1)."""
+
+
+@dataclass(frozen=True)
+class CompactResult:
+    """What compaction did."""
+
+    merged: int
+    """Entries dropped because an earlier one holds the same lesson."""
+    archived: int
+    """Entries moved to the archive for being older than ``learnings_retention``."""
+    commit: str | None
+    """The compaction's commit; None when there was nothing to do."""
+
+
+def pending_path(root: Path) -> Path:
+    """Where learnings wait for review when ``learnings = "review"``."""
+    return root / PENDING_FILE
+
+
+def record(
+    root: Path, settings: Settings, texts: list[str], task_id: str, day: str
+) -> list[Learning]:
+    """Keep what an attempt learned; return the memory file's entries it changed.
+
+    At most ``max_learnings_per_attempt`` texts are taken. ``learnings = "auto"``: they go
+    into the memory file (not staged, not committed) and the entries added or refreshed are
+    returned, so a non-empty result means the memory file needs committing. ``"review"``: they
+    go to the pending file instead and ``[]`` is returned. Raises ValueError for a task id or
+    day that cannot label an entry.
+    """
+    memory.check_label(task_id, day)
+    limit = settings.max_learnings_per_attempt
+    if settings.learnings == "auto":
+        return memory.add_learnings(root / settings.memory_file, texts, task_id, day, limit=limit)
+    path = pending_path(root)
+    if texts and limit > 0 and not path.exists():
+        write_atomic(path, PENDING_INTRO)
+    memory.add_learnings(path, texts, task_id, day, limit=limit)
+    return []
+
+
+def pending(root: Path) -> list[Learning]:
+    """The learnings waiting for review, in order; number N in the commands is index N-1.
+
+    Each is cleaned again on the way out: the file lives in ``.ralph/``, where an agent can
+    write, and what it holds reaches a terminal and the memory file.
+    """
+    waiting = []
+    for learning in memory.existing_learnings(pending_path(root)):
+        text = memory.clean_learning(learning.text)
+        if memory.normalise(text) and learning.task_id.isprintable():
+            waiting.append(replace(learning, text=text))
+    return waiting
+
+
+def accept(root: Path, settings: Settings, numbers: list[int] | None) -> list[Learning]:
+    """Move pending learnings ``numbers`` (None: all) into the memory file in one commit.
+
+    The commit, subject ``Accept N learnings`` and trailer ``Ralph-Learnings: review``, holds
+    only the memory file; there is none when the memory file already held them all. Returns
+    the accepted learnings as they were pending. Raises UnknownLearning for a number not in
+    the list, RepositoryError when the memory file has uncommitted changes or other changes
+    are staged (and CommitRejected, with the memory file put back, if a hook refuses).
+    """
+    return _accept(root, settings, numbers)[0]
+
+
+def reject(root: Path, numbers: list[int] | None) -> list[Learning]:
+    """Drop pending learnings ``numbers`` (None: all) and return them; nothing is committed."""
+    waiting = pending(root)
+    chosen = _select(waiting, numbers)
+    _write_pending(root, [learning for i, learning in enumerate(waiting) if i not in chosen])
+    return [waiting[i] for i in sorted(chosen)]
+
+
+def compact(root: Path, settings: Settings, today: date) -> CompactResult:
+    """Merge repeated lessons and archive old entries of the memory file, in one commit.
+
+    Entries dated more than ``learnings_retention`` before ``today`` move to
+    ``learnings_archive``. The commit, subject ``Compact learnings: N merged, M archived`` and
+    trailer ``Ralph-Learnings: compact``, holds the memory file and the archive; nothing to do
+    means no commit. Raises RepositoryError when either file has uncommitted changes or other
+    changes are staged (and CommitRejected, with both files put back, if a hook refuses).
+    """
+    memory_file = settings.memory_file.as_posix()
+    archive = settings.learnings_archive.as_posix()
+    _require_committable(root, [memory_file, archive])
+    originals = {path: _read(root / path) for path in (memory_file, archive)}
+    try:
+        cutoff = today - timedelta(seconds=settings.learnings_retention)
+    except OverflowError:  # a retention longer than the calendar: nothing is old
+        cutoff = date.min
+    done = memory.compact_learnings(root / memory_file, root / archive, cutoff)
+    if not done.merged and not done.archived:
+        return CompactResult(0, 0, None)
+    if not done.archived:
+        del originals[archive]
+    subject = f"Compact learnings: {done.merged} merged, {len(done.archived)} archived"
+    sha = _commit(root, settings, originals, subject, COMPACT_TRAILER)
+    return CompactResult(done.merged, len(done.archived), sha)
+
+
+def recent(root: Path, settings: Settings, limit: int) -> list[tuple[Learning, str | None]]:
+    """The ``limit`` newest entries of the memory file, each with the commit that wrote its line.
+
+    Newest means latest day, then lowest in the file. The commit comes from one bounded
+    ``git blame`` of just those lines; None when the line is not committed yet.
+    """
+    located = memory.located_learnings(root / settings.memory_file)
+    newest = sorted(located, key=lambda item: (item[1].day, item[0]), reverse=True)
+    newest = newest[: max(limit, 0)]
+    commits = _line_commits(root, settings.memory_file.as_posix(), [line for line, _ in newest])
+    return [(learning, commits.get(line)) for line, learning in newest]
+
+
+def failure_lesson(task_id: str, check_command: str | None, failures: int, attempts: int) -> str:
+    """One factual line about a task that used up its attempts, to keep as its learning.
+
+    ``failure_lesson("add-auth", "pytest -q", 3, 3)`` gives
+    "Task add-auth failed 3 attempts; check `pytest -q` failed in 3 of them."
+    """
+    lesson = f"Task {task_id} failed {attempts} attempt{'' if attempts == 1 else 's'}"
+    if check_command and check_command.strip() and failures > 0:
+        lesson += f"; check {_inline_code(check_command)} failed"
+        if attempts > 1:
+            lesson += f" in {failures} of them"
+    return lesson + "."
+
+
+def _accept(
+    root: Path, settings: Settings, numbers: list[int] | None
+) -> tuple[list[Learning], str | None]:
+    waiting = pending(root)
+    chosen = _select(waiting, numbers)
+    if not chosen:
+        return [], None
+    memory_file = settings.memory_file.as_posix()
+    _require_committable(root, [memory_file])
+    originals = {memory_file: _read(root / memory_file)}
+    accepted = [waiting[i] for i in sorted(chosen)]
+    changed = memory.merge_learnings(root / memory_file, accepted)
+    sha = None
+    if changed:
+        noun = "learning" if len(changed) == 1 else "learnings"
+        sha = _commit(root, settings, originals, f"Accept {len(changed)} {noun}", REVIEW_TRAILER)
+    # Only after the commit: a refused or interrupted one leaves them waiting, to try again.
+    _write_pending(root, [learning for i, learning in enumerate(waiting) if i not in chosen])
+    return accepted, sha
+
+
+def _select(waiting: list[Learning], numbers: list[int] | None) -> set[int]:
+    """Indexes for the 1-based ``numbers`` (None: all); UnknownLearning for one not listed."""
+    if numbers is None:
+        return set(range(len(waiting)))
+    unknown = sorted({n for n in numbers if not 1 <= n <= len(waiting)})
+    if unknown:
+        listed = ", ".join(map(str, unknown))
+        there = f"there are {len(waiting)}" if waiting else "none are waiting"
+        raise UnknownLearning(
+            f"no pending learning {listed} ({there}; see `ralph learnings pending`)"
+        )
+    return {n - 1 for n in numbers}
+
+
+def _write_pending(root: Path, learnings: list[Learning]) -> None:
+    path = pending_path(root)
+    if not learnings:
+        path.unlink(missing_ok=True)
+        return
+    entries = "".join(f"{learning.as_line()}\n" for learning in learnings)
+    write_atomic(path, f"{PENDING_INTRO}\n{memory.LEARNINGS_HEADING}\n\n{entries}")
+
+
+def _require_committable(root: Path, paths: list[str]) -> None:
+    """Refuse to commit over a person's uncommitted edits or changes they staged."""
+    dirty = [path for path in paths if repo.dirty_paths(root, under=path)]
+    if dirty:
+        raise RepositoryError(
+            f"{', '.join(dirty)} has uncommitted changes; commit or discard them first"
+        )
+    with repo.open_repo(root) as opened:
+        staged = set(opened.git.diff("--cached", "--name-only", "-z").split("\0")) - {""}
+    others = sorted(staged - set(paths))
+    if others:
+        raise RepositoryError(
+            f"changes are staged ({', '.join(others[:3])}); commit or unstage them first, "
+            "so ralph's commit holds only the learnings"
+        )
+
+
+def _commit(
+    root: Path, settings: Settings, originals: dict[str, bytes | None], subject: str, kind: str
+) -> str:
+    """Commit exactly ``originals``' paths; if git refuses, put them back as they were."""
+    paths = list(originals)
+    repo.stage_paths(root, paths)
+    message = repo.task_message(subject, {repo.LEARNINGS_TRAILER: kind})
+    try:
+        return repo.commit(root, message, run_hooks=settings.run_hooks)
+    except repo.CommitRejected:
+        for path, data in originals.items():
+            if data is None:
+                (root / path).unlink(missing_ok=True)
+            else:
+                write_atomic(root / path, data)
+        repo.stage_paths(root, paths)  # back to what HEAD holds: the paths were clean
+        raise
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _line_commits(root: Path, path: str, lines: list[int]) -> dict[int, str]:
+    """The commit that last wrote each of ``lines`` (1-based) of ``path``; uncommitted: absent."""
+    if not lines:
+        return {}
+    ranges = [arg for line in sorted(lines) for arg in ("-L", f"{line},{line}")]
+    with repo.open_repo(root) as opened:
+        try:
+            out = opened.git.blame("--porcelain", *ranges, "--", path)
+        except git.GitCommandError:  # no commit yet, or the file never was committed
+            return {}
+    commits = {}
+    for row in out.splitlines():
+        header = _BLAME_HEADER.match(row)
+        if header and header[1].strip("0"):
+            commits[int(header[2])] = header[1]
+    return commits
+
+
+def _inline_code(command: str) -> str:
+    command = " ".join(command.split())
+    if len(command) > _MAX_COMMAND_CHARS:
+        command = command[: _MAX_COMMAND_CHARS - 1] + "…"
+    fence = "``" if "`" in command else "`"
+    pad = " " if fence == "``" else ""
+    return f"{fence}{pad}{command}{pad}{fence}"
+
+
+class App(Protocol):
+    """What the ``ralph`` group puts in ``ctx.obj`` (ralph.cli.Context)."""
+
+    def root(self) -> Path: ...
+
+    def settings(self, root: Path, **flags: Any) -> Settings: ...
+
+
+def _noun(count: int) -> str:
+    return f"{count} learning" if count == 1 else f"{count} learnings"
+
+
+@click.group("learnings", invoke_without_command=True)
+@click.option(
+    "-n",
+    "--limit",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="How many learnings to list.",
+)
+@click.pass_context
+def learnings_group(ctx: click.Context, limit: int) -> None:
+    """List the newest learnings with their task and commit; review and compact them."""
+    if ctx.invoked_subcommand is not None:
+        return
+    app: App = ctx.obj
+    root = app.root()
+    settings = app.settings(root)
+    rows = recent(root, settings, limit)
+    if not rows:
+        click.echo(f"no learnings in {settings.memory_file} yet")
+    width = max((len(learning.task_id) for learning, _ in rows), default=0)
+    for learning, sha in rows:
+        commit = sha[:12] if sha else "uncommitted"
+        click.echo(f"{learning.day}  {learning.task_id:<{width}}  {commit:<12}  {learning.text}")
+    waiting = len(pending(root))
+    if waiting:
+        click.echo(f"{_noun(waiting)} waiting for review: `ralph learnings pending`")
+
+
+@learnings_group.command("pending")
+@click.pass_obj
+def pending_command(app: App) -> None:
+    """Number the learnings waiting for review."""
+    waiting = pending(app.root())
+    if not waiting:
+        click.echo("no learnings waiting for review")
+    for number, learning in enumerate(waiting, start=1):
+        click.echo(f"{number:>3}. [{learning.task_id} · {learning.day}] {learning.text}")
+
+
+@learnings_group.command("accept")
+@click.argument("numbers", nargs=-1, type=click.IntRange(min=1))
+@click.pass_obj
+def accept_command(app: App, numbers: tuple[int, ...]) -> None:
+    """Move pending learnings into the memory file, in one commit.
+
+    NUMBERS as `ralph learnings pending` lists them; none: all of them.
+    """
+    root = app.root()
+    settings = app.settings(root)
+    with RepoLock(root / repo.STATE_DIR / "lock"):
+        accepted, sha = _accept(root, settings, list(numbers) or None)
+    if not accepted:
+        click.echo("no learnings waiting for review")
+    elif sha is None:
+        click.echo(f"accepted {_noun(len(accepted))}; {settings.memory_file} already held them")
+    else:
+        click.echo(
+            f"accepted {_noun(len(accepted))} into {settings.memory_file} (commit {sha[:12]})"
+        )
+
+
+@learnings_group.command("reject")
+@click.argument("numbers", nargs=-1, type=click.IntRange(min=1))
+@click.pass_obj
+def reject_command(app: App, numbers: tuple[int, ...]) -> None:
+    """Drop pending learnings; nothing is committed.
+
+    NUMBERS as `ralph learnings pending` lists them; none: all of them.
+    """
+    root = app.root()
+    with RepoLock(root / repo.STATE_DIR / "lock"):
+        rejected = reject(root, list(numbers) or None)
+    click.echo(
+        f"rejected {_noun(len(rejected))}" if rejected else "no learnings waiting for review"
+    )
+
+
+@learnings_group.command("compact")
+@click.pass_obj
+def compact_command(app: App) -> None:
+    """Merge repeated learnings and archive old ones, in one commit."""
+    root = app.root()
+    settings = app.settings(root)
+    with RepoLock(root / repo.STATE_DIR / "lock"):
+        done = compact(root, settings, datetime.now(UTC).date())
+    if done.commit is None:
+        click.echo(f"nothing to compact in {settings.memory_file}")
+        return
+    click.echo(
+        f"compacted {settings.memory_file}: {done.merged} merged, {done.archived} archived "
+        f"to {settings.learnings_archive} (commit {done.commit[:12]})"
+    )
