@@ -53,6 +53,7 @@ class Worker:
     branch: str
     spans: Spans = field(default_factory=NoSpans)
     notify: Notifier = field(default_factory=lambda: Notifier(None))
+    done: repo.DoneTasks = field(default_factory=repo.DoneTasks)
 
     @property
     def ralph_dir(self) -> Path:
@@ -389,9 +390,10 @@ async def _commit(
     worker: Worker, spec: Spec, receipt: Receipt, start: str, learnings: list[str]
 ) -> AttemptResult:
     attempt = receipt.attempts
-    if spec.id in await to_thread.run_sync(repo.done_tasks, worker.root):
+    if spec.id in await to_thread.run_sync(worker.done.read, worker.root):
         # Never commit a task twice, even if something else committed it meanwhile.
         await to_thread.run_sync(reset_tree, worker, start)
+        await commit_learnings_only(worker, spec.id, attempt, learnings)
         return AttemptResult("already_done")
     added = _add_learnings(worker, spec.id, learnings)
     if added:
@@ -484,7 +486,11 @@ def _prompt_context(worker: Worker, spec: Spec, attempt: int) -> PromptContext:
         spec=spec,
         attempt=attempt,
         max_attempts=max_attempts(worker, spec),
-        memory=memory.memory_for_prompt(worker.root / settings.memory_file, settings.memory_budget),
+        memory=memory.memory_for_prompt(
+            worker.root / settings.memory_file,
+            settings.memory_budget,
+            spec_text=f"{spec.title}\n{spec.body}",
+        ),
         memory_file=settings.memory_file.as_posix(),
         last_failure=worker.state.last_failure(spec.id, spec.digest),
         protected=settings.protected_globs(),

@@ -203,13 +203,16 @@ async def _run_task(worker: Worker, task: Task) -> TaskOutcome:
         )
         log.info("ralph.task_started", title=spec.title)
         check_failures: Counter[str] = Counter()
+        # A task killed in its last attempt comes back with no attempts left: it failed.
+        last_class = task.failure_class or "interrupted"
         for attempt in range(task.attempts + 1, limit + 1):
             with structlog.contextvars.bound_contextvars(attempt=attempt):
                 result, cost = await attempt_through_limits(worker, spec, attempt)
             if result.reason == "check_failed":
                 check_failures[_failed_check(result.summary)] += 1
             spent += cost
-            if result.status == "interrupted" or worker.stop.is_requested:
+            waited_out = result.reason in TRANSIENT and worker.stop.is_requested
+            if result.status == "interrupted" or waited_out:
                 return TaskOutcome("interrupted", cost_usd=spent)
             if result.reason == FailureClass.AUTH:
                 raise AgentAuthFailed(
@@ -220,20 +223,23 @@ async def _run_task(worker: Worker, task: Task) -> TaskOutcome:
             worker.state.record_attempt(
                 spec.id, spec.digest, attempt, result.summary, result.reason
             )
+            last_class = result.reason
             if result.status in ("committed", "already_done"):
                 commit = result.commit or ""
                 worker.events.emit("task_done", task=spec.id, attempts=attempt, commit=commit)
                 log.info("ralph.task_committed", attempts=attempt, commit=commit[:12])
                 return TaskOutcome("done", cost_usd=spent)
+            if worker.stop.is_requested:  # recorded above; the next attempt waits for a new run
+                return TaskOutcome("interrupted", cost_usd=spent)
         last = _last_reason(worker, spec.id, spec.digest)
         reason = f"failed {limit} attempt(s); last: {last}"
         worker.state.mark_failed(spec.id, spec.digest, reason)
         worker.events.emit(
-            "task_failed", task=spec.id, attempts=limit, reason=reason, failure_class=result.reason
+            "task_failed", task=spec.id, attempts=limit, reason=reason, failure_class=last_class
         )
-        log.error("ralph.task_failed", attempts=limit, reason=reason, failure_class=result.reason)
+        log.error("ralph.task_failed", attempts=limit, reason=reason, failure_class=last_class)
         await _record_failure_lesson(worker, spec, limit, check_failures)
-        return TaskOutcome("failed", result.reason, spent)
+        return TaskOutcome("failed", last_class, spent)
 
 
 async def _record_failure_lesson(
@@ -341,7 +347,7 @@ async def scan(worker: Worker) -> list[Task]:
 
     def read() -> list[Task]:
         spec_set = load_specs(worker.root / settings.specs_dir, f"{settings.specs_dir.as_posix()}/")
-        done = repo.done_tasks(worker.root)
+        done = worker.done.read(worker.root)
         digests = {spec.id: spec.digest for spec in spec_set.specs}
         return plan(spec_set, done, worker.state.records(digests))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -228,7 +229,10 @@ def _remaining(pgid: int) -> set[int]:
     """Live processes of the group and, on Linux, every live descendant of ralph."""
     if not LINUX:
         return {pgid} if group_alive(pgid) else set()
-    return set(group_members(pgid)) | set(descendants(os.getpid()))
+    table = _proc_table()  # one pass over /proc serves both questions
+    live = [row for row in table if row[3] not in (b"Z", b"X")]
+    members = {pid for pid, _ppid, pgrp, _state in live if pgrp == pgid}
+    return members | set(_descendants_in(live, os.getpid()))
 
 
 def _signal_all(pgid: int, sig: signal.Signals) -> None:
@@ -272,10 +276,20 @@ async def _reap(proc: Process) -> None:
 
 
 def _with_parent_death_signal(argv: list[str]) -> list[str]:
-    """On Linux, start ``argv`` through ralph.launch so it gets SIGKILL if ralph dies."""
+    """On Linux, start ``argv`` so that it gets SIGKILL if ralph dies.
+
+    util-linux's ``setpriv`` does it for about a millisecond; without it, ralph's own
+    ``ralph.launch`` shim (a Python start, ~30 ms) does the same and also closes the
+    small window in which ralph could die before the signal is armed.
+    """
     if not LINUX:
         return argv
+    if _SETPRIV:
+        return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
     return [sys.executable, "-I", "-m", "ralph.launch", str(os.getpid()), "--", *argv]
+
+
+_SETPRIV = shutil.which("setpriv", path="/usr/bin:/bin") if LINUX else None
 
 
 def become_subreaper() -> bool:
@@ -297,10 +311,14 @@ def descendants(root_pid: int) -> list[int]:
     Between two children ralph has none, so anything found after a child ended was
     started by it and must go.
     """
+    live = [row for row in _proc_table() if row[3] not in (b"Z", b"X")]
+    return _descendants_in(live, root_pid)
+
+
+def _descendants_in(table: list[tuple[int, int, int, bytes]], root_pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
-    for pid, ppid, _pgrp, state in _proc_table():
-        if state not in (b"Z", b"X"):
-            children.setdefault(ppid, []).append(pid)
+    for pid, ppid, _pgrp, _state in table:
+        children.setdefault(ppid, []).append(pid)
     found: list[int] = []
     queue = list(children.get(root_pid, []))
     while queue:
@@ -343,14 +361,6 @@ def kill_now(pids: Sequence[int]) -> None:
 def _signal_pid(pid: int, sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2 :][:1] not in (b"Z", b"X")
 
 
 def _proc_table() -> list[tuple[int, int, int, bytes]]:

@@ -42,8 +42,8 @@ class Receipt:
         trailers = {TASK: self.task, ATTEMPT: str(self.attempts), AGENT: self.agent}
         if self.model:
             trailers[MODEL] = self.model
-        trailers[AGENT_SECONDS] = f"{self.agent_seconds:.1f}"
-        trailers[CHECK_SECONDS] = f"{self.check_seconds:.1f}"
+        trailers[AGENT_SECONDS] = f"{self.agent_seconds:.2f}"
+        trailers[CHECK_SECONDS] = f"{self.check_seconds:.2f}"
         if self.input_tokens is not None or self.output_tokens is not None:
             trailers[TOKENS] = f"{self.input_tokens or 0} in, {self.output_tokens or 0} out"
         if self.cost_usd is not None:

@@ -15,6 +15,7 @@ from anyio import to_thread
 
 from ralph import repo
 from ralph.attempt import Worker, commit_learnings_only, guard_baseline, reset_tree
+from ralph.errors import RepositoryError
 from ralph.memory import read_learnings_file
 from ralph.processes import kill_now, processes_with_env
 from ralph.specs import load_specs
@@ -28,12 +29,19 @@ async def recover_interrupted_attempt(worker: Worker) -> None:
     intent = worker.state.interrupted_attempt()
     if intent is None:
         return
+    if intent.branch != worker.branch:
+        raise RepositoryError(
+            f"ralph was killed during an attempt on branch {intent.branch}, but "
+            f"{worker.branch} is checked out; check out {intent.branch} and start ralph "
+            "again so it can clean up there"
+        )
     with structlog.contextvars.bound_contextvars(task=intent.task_id, attempt=intent.attempt):
         log.warning("ralph.recovering", start_commit=intent.start_commit[:12])
         _stop_leftover_agent(intent)
         committed = await to_thread.run_sync(_committed_by_ralph, worker.root, intent)
         base = committed or intent.start_commit
         attempt_dir = Path(intent.attempt_dir)
+        await to_thread.run_sync(_note_moved_tip, worker, base, attempt_dir)
         await to_thread.run_sync(guard_baseline, worker, intent.task_id, base, attempt_dir)
         specs = worker.settings.specs_dir.as_posix()
         changes = await to_thread.run_sync(repo.stage_changes, worker.root, base, specs)
@@ -56,6 +64,20 @@ async def recover_interrupted_attempt(worker: Worker) -> None:
             changes=len(changes),
         )
         worker.state.end_attempt()
+
+
+def _note_moved_tip(worker: Worker, base: str, attempt_dir: Path) -> None:
+    """Keep the branch tip ralph is about to fold back (the agent's commits, or a person's
+    made after the kill) where it can be found: its id in the attempt folder and the log."""
+    tip = repo.head_commit(worker.root)
+    if tip != base:
+        (attempt_dir / "branch-tip-before-recovery").write_text(tip + "\n")
+        log.warning(
+            "ralph.branch_tip_folded",
+            tip=tip,
+            detail=f"commits after the attempt's start are folded into its rolled-back change; "
+            f"`git branch rescued {tip[:12]}` brings them back",
+        )
 
 
 def _stop_leftover_agent(intent: AttemptIntent) -> None:

@@ -28,7 +28,6 @@ from tenacity import (
 from ralph.errors import RepositoryError
 
 TASK_TRAILER = "Ralph-Task"
-ATTEMPT_TRAILER = "Ralph-Attempt"
 LEARNINGS_TRAILER = "Ralph-Learnings"
 STATE_DIR = ".ralph"
 _FALLBACK_IDENTITY = ("ralph", "ralph@localhost")
@@ -196,16 +195,50 @@ def dirty_paths(root: Path, under: str | None = None) -> list[str]:
     return paths
 
 
+@dataclass
+class DoneTasks:
+    """The ids committed on the branch, read incrementally: a long-running daemon must not
+    walk the whole history before every task.
+
+    Done-ness stays in git: when HEAD moved anywhere but forward (a reset, a rebase, a
+    branch switch), the history is read again from scratch.
+    """
+
+    head: str = ""
+    ids: frozenset[str] = frozenset()
+
+    def read(self, root: Path) -> set[str]:
+        with open_repo(root) as repo:
+            if not repo.head.is_valid():
+                self.head, self.ids = "", frozenset()
+                return set()
+            head = repo.head.commit.hexsha
+            if head == self.head:
+                return set(self.ids)
+            forward = bool(self.head) and _is_ancestor(repo, self.head, head)
+            revisions = [f"{self.head}..{head}"] if forward else [head]
+            out = repo.git.log(
+                f"--grep=^{TASK_TRAILER}:",
+                f"--format=%(trailers:key={TASK_TRAILER},valueonly)",
+                *revisions,
+            )
+        found = {line.strip() for line in out.splitlines() if line.strip()}
+        self.ids = frozenset(found | (self.ids if forward else set()))
+        self.head = head
+        return set(self.ids)
+
+
+def _is_ancestor(repo: git.Repo, older: str, newer: str) -> bool:
+    try:
+        repo.git.merge_base("--is-ancestor", older, newer)
+    except git.GitCommandError:
+        return False  # not an ancestor, or no longer there at all
+    return True
+
+
 def done_tasks(root: Path) -> set[str]:
     """Ids of tasks with a ``Ralph-Task`` trailer on a commit reachable from HEAD."""
-    with open_repo(root) as repo:
-        if not repo.head.is_valid():
-            return set()
-        out = repo.git.log(
-            f"--grep=^{TASK_TRAILER}:",
-            f"--format=%(trailers:key={TASK_TRAILER},valueonly)",
-        )
-    return {line.strip() for line in out.splitlines() if line.strip()}
+    return DoneTasks().read(root)
 
 
 @survives_index_lock

@@ -14,7 +14,7 @@ def test_receipt_is_read_back_from_a_real_commit(project: Project) -> None:
     """A task that took two attempts carries attempts, agent, model, times, tokens and cost."""
     report = {"ralph_report": {"input_tokens": 1000, "output_tokens": 50, "cost_usd": 0.25}}
     project.spec("task")
-    project.configure(checks=["test -f ok.txt"], model="test-model")
+    project.configure(checks=["sleep 0.1; test -f ok.txt"], model="test-model")
     project.attempts(
         "task",
         {"steps": [{"print": json.dumps(report)}, {"write": "wrong.txt", "content": "x\n"}]},
