@@ -42,5 +42,9 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check ralph tests
 	$(BIN)/mypy
 
+# Figures, not pass/fail: a few minutes; `make bench BENCH_ARGS=--full` for docs/performance.md.
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info
