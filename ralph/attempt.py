@@ -460,7 +460,7 @@ async def commit_learnings_only(
         )
     except repo.CommitRejected as exc:
         # The learnings stay in the attempt's learnings.md; the tree must stay clean.
-        await to_thread.run_sync(repo.checkout_paths, worker.root, "HEAD", [memory_path])
+        await to_thread.run_sync(repo.restore_paths, worker.root, "HEAD", [memory_path])
         log.error("ralph.learnings_not_committed", reason=str(exc), output=exc.output[-500:])
         return
     _learnings_committed(worker, task_id, added)

@@ -327,6 +327,18 @@ def checkout_paths(root: Path, commit: str, paths: list[str]) -> None:
 
 
 @survives_index_lock
+def restore_paths(root: Path, commit: str, paths: list[str]) -> None:
+    """Put ``paths`` back as they are in ``commit``: removed if they aren't in it."""
+    present = set(tracked_files(root, commit, paths))
+    with open_repo(root) as repo:
+        repo.git.reset("-q", commit, "--", *paths)
+    if present:
+        checkout_paths(root, commit, sorted(present))
+    for path in set(paths) - present:
+        (root / path).unlink(missing_ok=True)
+
+
+@survives_index_lock
 def stage_paths(root: Path, paths: list[str]) -> None:
     """Stage exactly these paths (for a commit that holds only the memory file)."""
     with open_repo(root) as repo:
