@@ -312,4 +312,25 @@ def filesystem_of(path: str) -> str:
 
 
 def print_machine() -> None:
+    """The machine line, and a warning when something else keeps the CPUs busy."""
     print("machine: " + "; ".join(f"{key} {value}" for key, value in machine().items()))
+    busy = busy_cpus()
+    if busy > 0.25:
+        print(f"warning: {busy:.1f} CPUs busy with other work just before the start; noisy figures")
+
+
+def busy_cpus(seconds: float = 1.0) -> float:
+    """How many CPUs were busy (not idle, not waiting for I/O) over ``seconds``, from /proc/stat."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    spent = total1 - total0
+    return (spent - (idle1 - idle0)) / spent * (os.cpu_count() or 1) if spent else 0.0
