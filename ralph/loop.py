@@ -8,6 +8,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
@@ -45,6 +46,37 @@ log = structlog.get_logger("ralph")
 class RunOptions:
     once: bool = False
     max_tasks: int | None = None
+
+
+class RunEnd(StrEnum):
+    """Why the loop ended: logged in ``run_finished``, so a daemon never stops unexplained."""
+
+    SIGNAL = "signal"
+    DEADLINE = "deadline"
+    MAX_TASKS = "max_tasks"
+    COST_CAP = "cost_cap"
+    BREAKER = "breaker"
+    BACKLOG_DONE = "backlog_done"
+    AUTH = "auth"
+    LIMIT_TOO_FAR = "limit_too_far"
+    ERROR = "error"
+
+
+class Wakeup:
+    """Set when the idle daemon has something new to look at (a spec changed)."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        if self._event.is_set():
+            self._event = anyio.Event()
+
+    async def wait(self) -> None:
+        await self._event.wait()
 
 
 async def prepare(worker: Worker) -> None:
@@ -89,23 +121,53 @@ async def run(worker: Worker, options: RunOptions) -> int:
 async def _run(worker: Worker, options: RunOptions) -> int:
     worker.events.emit("run_started", once=options.once, branch=worker.branch)
     ledger = Ledger(worker, options)
+    try:
+        async with anyio.create_task_group() as group:
+            wakeup, unwatch = Wakeup(), anyio.Event()
+            if not options.once:
+                specs = worker.root / worker.settings.specs_dir
+                group.start_soon(watch_specs, specs, wakeup, unwatch)
+            try:
+                end = await _work(worker, options, ledger, wakeup)
+            finally:
+                unwatch.set()  # the watcher's thread sees this within one step
+    except* RalphError as group:
+        _finished(worker, ledger, _end_of(group), None)
+        raise
+    code = 0 if end in (RunEnd.SIGNAL, RunEnd.DEADLINE) else exit_code(await scan(worker))
+    _finished(worker, ledger, end, code)
+    return code
+
+
+async def _work(worker: Worker, options: RunOptions, ledger: Ledger, wakeup: Wakeup) -> RunEnd:
+    """Tasks until something ends the run; an idle daemon waits, it never ends by itself."""
     reported: set[str] = set()
-    while not worker.stop.is_requested and not ledger.enough():
+    while True:
+        if worker.stop.is_requested:
+            return RunEnd.DEADLINE if worker.stop.reason == "deadline" else RunEnd.SIGNAL
+        if (end := ledger.enough()) is not None:
+            return end
+        wakeup.clear()  # a change from now on wakes the idle wait below
         tasks = await scan(worker)
         _report_invalid(worker, tasks, reported)
         task = next_task(tasks)
         if task is None:
             if options.once:
-                break
-            await idle(worker)
+                return RunEnd.BACKLOG_DONE
+            await idle(worker, wakeup, "idle: waiting for new specs")
         elif not await _tree_is_clean(worker, options):
-            await idle(worker)
+            await idle(worker, wakeup, "waiting for a clean tree")
         else:
             ledger.record(await run_task(worker, task))
-    code = 0 if worker.stop.is_requested else exit_code(await scan(worker))
-    worker.events.emit("run_finished", tasks_attempted=ledger.attempted, exit_code=code)
-    log.info("ralph.run_finished", tasks_attempted=ledger.attempted, exit_code=code)
-    return code
+
+
+def _finished(worker: Worker, ledger: Ledger, end: RunEnd, code: int | None) -> None:
+    worker.events.emit(
+        "run_finished", tasks_attempted=ledger.attempted, exit_code=code, reason=end.value
+    )
+    log.info(
+        "ralph.run_finished", tasks_attempted=ledger.attempted, exit_code=code, reason=end.value
+    )
 
 
 async def _tree_is_clean(worker: Worker, options: RunOptions) -> bool:
@@ -148,16 +210,16 @@ class Ledger:
         self.spent = 0.0
         self.streak: tuple[str, int] = ("", 0)
 
-    def enough(self) -> bool:
-        """True when --max-tasks or max_cost_usd says to take no new task."""
+    def enough(self) -> RunEnd | None:
+        """Why --max-tasks or max_cost_usd says to take no new task, or None."""
         if self.options.max_tasks is not None and self.attempted >= self.options.max_tasks:
-            return True
+            return RunEnd.MAX_TASKS
         cap = self.worker.settings.max_cost_usd
         if cap is not None and self.spent >= cap:
             log.warning("ralph.cost_cap_reached", spent_usd=round(self.spent, 4), cap_usd=cap)
             self.worker.events.emit("cost_cap_reached", spent_usd=self.spent, cap_usd=cap)
-            return True
-        return False
+            return RunEnd.COST_CAP
+        return None
 
     def record(self, outcome: TaskOutcome) -> None:
         """Count the task; trip the breaker on a streak of the same failure."""
@@ -178,6 +240,20 @@ class Ledger:
                 f"{count} tasks in a row failed with {outcome.failure_class}; stopping "
                 f"(breaker_threshold = {threshold}). Look at the last attempts under .ralph/"
             )
+
+
+_END_OF_ERROR: dict[type[RalphError], RunEnd] = {
+    BreakerTripped: RunEnd.BREAKER,
+    AgentAuthFailed: RunEnd.AUTH,
+    LimitTooFar: RunEnd.LIMIT_TOO_FAR,
+}
+
+
+def _end_of(group: BaseExceptionGroup[RalphError]) -> RunEnd:
+    first: BaseException = group
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return _END_OF_ERROR.get(type(first), RunEnd.ERROR)  # type: ignore[arg-type]
 
 
 async def run_task(worker: Worker, task: Task) -> TaskOutcome:
@@ -363,15 +439,14 @@ def _report_invalid(worker: Worker, tasks: list[Task], reported: set[str]) -> No
             log.warning("ralph.spec_invalid", path=task.path, reason=task.reason)
 
 
-async def idle(worker: Worker) -> None:
-    """Wait for new specs: until a spec file changes, the poll interval passes, or a stop.
+async def idle(worker: Worker, wakeup: Wakeup, status: str) -> None:
+    """Wait until a spec changes, the poll interval passes, or a stop is requested.
 
-    A file watcher (inotify on Linux) wakes the daemon within a fraction of a second
-    and costs nothing while idle; poll_interval stays the upper bound for what a
-    watcher can't see (a commit that makes a task runnable, a network file system).
+    Returning is never a reason to end the run: the loop looks again. poll_interval stays
+    the upper bound for what the watcher can't see (a commit that makes a task runnable,
+    a network file system).
     """
-    worker.notify.status("idle: waiting for new specs")
-    specs = worker.root / worker.settings.specs_dir
+    worker.notify.status(status)
     with anyio.move_on_after(worker.settings.poll_interval):
         async with anyio.create_task_group() as group:
 
@@ -379,22 +454,25 @@ async def idle(worker: Worker) -> None:
                 await worker.stop.requested.wait()
                 group.cancel_scope.cancel()
 
-            async def changed() -> None:
-                await _spec_change(specs, worker.stop.requested)
+            async def woken() -> None:
+                await wakeup.wait()
                 group.cancel_scope.cancel()
 
             group.start_soon(stopped)
-            group.start_soon(changed)
+            group.start_soon(woken)
 
 
-async def _spec_change(specs: Path, stop: anyio.Event) -> None:
-    """Return at the first change under ``specs``; sleep forever if it can't be watched."""
+async def watch_specs(specs: Path, wakeup: Wakeup, unwatch: anyio.Event) -> None:
+    """Until ``unwatch`` is set: set ``wakeup`` at every change under ``specs`` (inotify).
+
+    The watcher gets an event of its own: awatch sets the event it is given when it ends,
+    and ralph's stop event must only ever mean that someone asked ralph to stop.
+    """
     try:
-        async for _changes in awatch(specs, stop_event=stop, debounce=100, step=20):
-            return
+        async for _changes in awatch(specs, stop_event=unwatch, debounce=100, step=20):
+            wakeup.set()
     except (OSError, RuntimeError) as exc:  # gone, or no watcher here: poll_interval rules
         log.debug("ralph.spec_watch_unavailable", error=str(exc))
-    await anyio.sleep_forever()
 
 
 def exit_code(tasks: list[Task]) -> int:

@@ -572,3 +572,72 @@ def test_agent_environment(project: Project, tmp_path: Path) -> None:
     assert prompt.is_relative_to(project.root / ".ralph")
     assert Path(env["RALPH_LEARNINGS_FILE"]).parent == prompt.parent
     assert "CLAUDECODE" not in env
+
+
+# --- an idle daemon lives until it is told to stop -----------------------------------------
+
+# Longer than watchfiles' internal 5 s wait, after which the old code took its own watcher's
+# end for a stop request, and many poll intervals.
+IDLE_FOR = 7.0
+
+
+def run_finished(project: Project) -> list[dict[str, Any]]:
+    path = project.root / ".ralph" / "events.jsonl"
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [event for event in events if event["event"] == "run_finished"]
+
+
+def test_idle_daemon_stays_up_until_sigterm(project: Project, background: Start) -> None:
+    """An idle daemon outlives many poll intervals, then does a new spec, and ends only on SIGTERM."""
+    project.configure(**{**FAST, "poll_interval": "0.3s"})
+    project.commit()
+    daemon = background("run")
+    wait_idle(project, daemon)
+    time.sleep(IDLE_FOR)
+    assert daemon.poll() is None, daemon.communicate()
+    with paused(daemon):
+        project.attempts("late", {"steps": [{"write": "late.txt", "content": "late\n"}]})
+        project.spec("late")
+        project.commit("add a spec")
+    wait_for(lambda: "task_done" in event_names(project), what="the new task to be committed")
+    time.sleep(1.0)
+    assert daemon.poll() is None, daemon.communicate()
+    assert finish(daemon) < 5
+    assert daemon.returncode == 0
+    assert [event["reason"] for event in run_finished(project)] == ["signal"]
+
+
+def test_daemon_waiting_for_a_clean_tree_stays_up(project: Project, background: Start) -> None:
+    """A daemon waiting for someone's uncommitted change to go away waits; it doesn't exit."""
+    project.configure(**{**FAST, "poll_interval": "0.3s"})
+    project.commit()
+    daemon = background("run")
+    wait_idle(project, daemon)
+    with paused(daemon):
+        project.attempts("late", {"steps": [{"write": "late.txt", "content": "late\n"}]})
+        project.spec("late")
+        project.commit("add a spec")
+        project.write("README.md", "edited by a person\n")
+    time.sleep(IDLE_FOR)
+    assert daemon.poll() is None, daemon.communicate()
+    assert "task_started" not in event_names(project)
+    project.git("checkout", "--", "README.md")
+    wait_for(lambda: "task_done" in event_names(project), what="the task once the tree is clean")
+    assert finish(daemon) < 5
+    assert daemon.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "reason", "code"),
+    [(("--once",), "backlog_done", 0), (("--max-tasks", "1"), "max_tasks", 0)],
+)
+def test_run_finished_says_why_the_run_ended(
+    project: Project, args: tuple[str, ...], reason: str, code: int
+) -> None:
+    """The run_finished event names why the loop ended."""
+    project.configure(**FAST)
+    project.attempts("one", {"steps": [{"write": "one.txt", "content": "1\n"}]})
+    project.spec("one")
+    project.commit()
+    project.ralph("run", *args, check_code=code, timeout=30)
+    assert [event["reason"] for event in run_finished(project)] == [reason]
