@@ -122,7 +122,7 @@ async def _run_attempt(worker: Worker, spec: Spec, attempt: int) -> AttemptResul
             task=spec.id,
             attempts=attempt,
             agent=worker.agent.name,
-            model=worker.settings.model,
+            model=worker.agent.model(),
             agent_seconds=totals.get("agent_seconds", 0.0),
             check_seconds=totals.get("check_seconds", 0.0),
             input_tokens=totals.get("input_tokens"),
@@ -159,7 +159,7 @@ async def _run_agent(
     )
     log_path = attempt_dir / "agent.log"
     with worker.spans.span(
-        "ralph.agent", agent=worker.agent.name, model=worker.settings.model
+        "ralph.agent", agent=worker.agent.name, model=worker.agent.model()
     ) as annotate:
         result = await run_in_group(
             command.argv,
@@ -185,7 +185,7 @@ async def _run_agent(
         task=spec.id,
         attempt=attempt,
         agent=worker.agent.name,
-        model=worker.settings.model,
+        model=worker.agent.model(),
         outcome=result.outcome,
         exit_code=result.exit_code,
         duration_s=round(result.duration, 3),

@@ -357,11 +357,11 @@ def doctor(app: Context) -> None:
     """Check git, the agent's executable, the check commands, the specs and the lock."""
     root = app.root()
     try:
-        settings = app.settings(root)
+        settings: Settings | None = app.settings(root)
+        findings = [Finding(True, "settings", "valid")]
     except SettingsError as exc:
-        click.echo(Finding(False, "settings", str(exc)).render())
-        sys.exit(1)
-    findings = [Finding(True, "settings", "valid"), *examine(root, settings)]
+        settings, findings = None, [Finding(False, "settings", str(exc))]
+    findings += examine(root, settings)
     for finding in findings:
         click.echo(finding.render())
     problems = sum(not finding.ok for finding in findings)

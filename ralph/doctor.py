@@ -63,8 +63,11 @@ class Finding:
         return f"{'ok  ' if self.ok else 'FAIL'}  {self.topic}: {self.text}"
 
 
-def examine(root: Path, settings: Settings) -> list[Finding]:
-    """Every finding for the repository at ``root`` with these settings."""
+def examine(root: Path, settings: Settings | None) -> list[Finding]:
+    """Every finding for the repository at ``root``; with no usable settings (None), the
+    findings that don't need them (git, repository, lock)."""
+    if settings is None:
+        return [*_git(root), _lock(root)]
     return [
         *_git(root),
         *_agent(root, settings),

@@ -152,17 +152,21 @@ def recent(root: Path, settings: Settings, limit: int) -> list[tuple[Learning, s
     return [(learning, commits.get(line)) for line, learning in newest]
 
 
-def failure_lesson(task_id: str, check_command: str | None, failures: int, attempts: int) -> str:
-    """One factual line about a task that used up its attempts, to keep as its learning.
+def failure_lesson(
+    task_id: str, check_command: str | None, failures: int, attempts: int
+) -> str | None:
+    """One factual line about a task that used up its attempts, or None when all it could
+    say is that the task failed (that is in ``ralph status``; it isn't worth a commit).
 
     ``failure_lesson("add-auth", "pytest -q", 3, 3)`` gives
     "Task add-auth failed 3 attempts; check `pytest -q` failed in 3 of them."
     """
+    if not (check_command and check_command.strip() and failures > 0):
+        return None
     lesson = f"Task {task_id} failed {attempts} attempt{'' if attempts == 1 else 's'}"
-    if check_command and check_command.strip() and failures > 0:
-        lesson += f"; check {_inline_code(check_command)} failed"
-        if attempts > 1:
-            lesson += f" in {failures} of them"
+    lesson += f"; check {_inline_code(check_command)} failed"
+    if attempts > 1:
+        lesson += f" in {failures} of them"
     return lesson + "."
 
 

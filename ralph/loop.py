@@ -325,6 +325,8 @@ async def _record_failure_lesson(
     top = check_failures.most_common(1)
     command, failures = top[0] if top else (None, 0)
     lesson = failure_lesson(spec.id, command, failures, attempts)
+    if lesson is None:
+        return
     await commit_learnings_only(
         worker, spec.id, attempts, [lesson], subject=f"Record why task {spec.id} failed"
     )

@@ -5,6 +5,7 @@ The one exception is ``.gitattributes``: a line is appended to it, nothing in it
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import tomllib
 from pathlib import Path
@@ -29,11 +30,16 @@ check_timeout = "10m"
 
 EXAMPLE_SPEC = """\
 ---
-# Every key is optional; this example stays out of the loop until you enable it.
-id: example
-priority: 100
-depends_on: []
-checks: []
+# Every key is optional (docs/specs.md); this example stays out of the loop until you
+# enable it.
+id: example                 # default: the path under specs/ without .md
+title: Describe one task    # default: the first "# " heading
+priority: 100               # lower runs first
+depends_on: []              # ids of tasks that must be done first
+checks: []                  # extra check commands, run after the global ones
+max_attempts: 3             # default: the max_attempts setting
+timeout: 30m                # default: the attempt_timeout setting
+allow_empty: false          # true: an attempt that changes nothing may pass
 enabled: false
 ---
 # Describe one task here
@@ -141,6 +147,8 @@ def _merge_memory_by_union(path: Path) -> str:
 
 
 def _sets_memory_merge(line: str) -> bool:
+    """Whether a .gitattributes line sets a merge attribute for AGENTS.md (``*.md`` counts)."""
     pattern, *attributes = line.split() or [""]
     names = (attribute.lstrip("-!").split("=")[0] for attribute in attributes)
-    return pattern in ("AGENTS.md", "/AGENTS.md") and "merge" in names
+    pattern = pattern.removeprefix("/")
+    return "merge" in names and fnmatch.fnmatchcase("AGENTS.md", pattern)

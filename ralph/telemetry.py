@@ -66,6 +66,7 @@ class EventLog:
         self.path = path
         self.run_id = run_id
         self.max_bytes = max_bytes
+        self._checked_end = False
 
     def emit(self, event: str, **fields: Any) -> None:
         """Append one event; ``fields`` must be JSON-serialisable."""
@@ -80,8 +81,11 @@ class EventLog:
         line = (json.dumps(record, default=str, ensure_ascii=False) + "\n").encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._rotate_if_full()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            if not self._checked_end:
+                line = _after_torn_line(fd) + line
+                self._checked_end = True
             os.write(fd, line)
         finally:
             os.close(fd)
@@ -107,6 +111,22 @@ class EventLog:
             return False
 
 
+def _after_torn_line(fd: int) -> bytes:
+    """A newline when the log ends in a torn line (a crash mid-write), so only it is lost.
+
+    Checked once per process, at its first event. A line another process is writing at
+    that moment can look torn, but its size still grows; a crash's torn line stays put.
+    """
+    for _ in range(3):
+        size = os.fstat(fd).st_size
+        if not size or os.pread(fd, 1, size - 1) == b"\n":
+            return b""
+        time.sleep(0.01)
+        if os.fstat(fd).st_size != size:
+            continue  # someone is appending right now
+    return b"\n"
+
+
 def read_events(path: Path) -> list[dict[str, Any]]:
     """Every whole event in the log (a torn last line from a crash is skipped)."""
     events = []
@@ -115,10 +135,17 @@ def read_events(path: Path) -> list[dict[str, Any]]:
     except FileNotFoundError:
         return []
     for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
+        record = _parse_line(line)
+        if record is not None:
             events.append(record)
     return events
+
+
+def _parse_line(line: str) -> dict[str, Any] | None:
+    """The event on ``line``; for a torn line with an event appended onto it, that event."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        start = line.find('{"schema":', 1)
+        return _parse_line(line[start:]) if start > 0 else None
+    return record if isinstance(record, dict) else None

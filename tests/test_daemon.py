@@ -588,7 +588,7 @@ def run_finished(project: Project) -> list[dict[str, Any]]:
 
 
 def test_idle_daemon_stays_up_until_sigterm(project: Project, background: Start) -> None:
-    """An idle daemon outlives many poll intervals, then does a new spec, and ends only on SIGTERM."""
+    """An idle daemon outlives many poll intervals, does a new spec, and ends only on SIGTERM."""
     project.configure(**{**FAST, "poll_interval": "0.3s"})
     project.commit()
     daemon = background("run")

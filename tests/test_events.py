@@ -58,3 +58,21 @@ def test_torn_last_line_is_skipped(tmp_path: Path) -> None:
     with (tmp_path / "events.jsonl").open("ab") as handle:
         handle.write(b'{"event": "c", "ts": ')
     assert [event["event"] for event in read_events(tmp_path / "events.jsonl")] == ["a", "b"]
+
+
+def test_event_after_a_torn_line_starts_on_a_fresh_line(tmp_path: Path) -> None:
+    """After a torn last line, the next run's first event is on a line of its own and kept."""
+    path = tmp_path / "events.jsonl"
+    EventLog(path, "run-1").emit("a")
+    with path.open("ab") as handle:
+        handle.write(b'{"event": "c", "ts": ')
+    EventLog(path, "run-2").emit("d")
+    assert [event["event"] for event in read_events(path)] == ["a", "d"]
+    assert path.read_bytes().splitlines()[-1].startswith(b'{"schema"')
+
+
+def test_event_appended_onto_a_torn_line_is_read(tmp_path: Path) -> None:
+    """An event an older ralph appended onto a torn line is still read."""
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b'{"event": "c", "ts": {"schema": 1, "event": "d"}\n')
+    assert [event["event"] for event in read_events(path)] == ["d"]

@@ -11,7 +11,8 @@ from ralph.receipts import Receipt
 
 
 def test_receipt_is_read_back_from_a_real_commit(project: Project) -> None:
-    """A task that took two attempts carries attempts, agent, model, times, tokens and cost."""
+    """A task that took two attempts carries attempts, agent, times, tokens and cost; the
+    scripted agent gets no model, so none is recorded."""
     report = {"ralph_report": {"input_tokens": 1000, "output_tokens": 50, "cost_usd": 0.25}}
     project.spec("task")
     project.configure(checks=["sleep 0.1; test -f ok.txt"], model="test-model")
@@ -28,7 +29,7 @@ def test_receipt_is_read_back_from_a_real_commit(project: Project) -> None:
         "task",
         2,
         "scripted",
-        "test-model",
+        None,
     )
     assert (receipt.input_tokens, receipt.output_tokens, receipt.cost_usd) == (2000, 100, 0.5)
     assert receipt.agent_seconds > 0 and receipt.check_seconds > 0

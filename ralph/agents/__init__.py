@@ -91,6 +91,10 @@ class Agent(Protocol):
         """Paths the CLI writes in the repository for itself, kept out of git."""
         ...
 
+    def model(self) -> str | None:
+        """The model the CLI is told to use, or None when it gets none (its own default)."""
+        ...
+
 
 _REGISTRY: dict[str, Callable[[Settings, Path], Agent]] = {}
 
@@ -156,6 +160,9 @@ class Preset:
 
     def excludes(self) -> list[str]:
         return []
+
+    def model(self) -> str | None:
+        return self.settings.model
 
     def model_args(self, flag: str) -> list[str]:
         return [flag, self.settings.model] if self.settings.model else []

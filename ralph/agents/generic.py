@@ -47,6 +47,9 @@ class CommandAgent(Preset):
     def executable(self) -> str:
         return self._words[0]
 
+    def model(self) -> str | None:
+        return None  # a command line of the user's own: ralph passes no model to it
+
 
 @register("scripted")
 class ScriptedAgent(Preset):
@@ -66,6 +69,9 @@ class ScriptedAgent(Preset):
 
     def executable(self) -> str:
         return sys.executable
+
+    def model(self) -> str | None:
+        return None  # the scripted agent has no model
 
     def report(self, run: AgentRun, now: datetime) -> AgentReport:
         """The scripted agent reports figures as a ``{"ralph_report": {...}}`` line."""
