@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 
-from bench import flood, latency, memory, overhead, scale
+from bench import flood, idle, latency, memory, overhead, scale
 
 QUICK = {
     "overhead": ["--tasks", "100", "--repetitions", "3"],
@@ -19,10 +19,12 @@ QUICK = {
     "flood": ["--bytes", str(1024**3)],
     "latency": ["--trials", "5", "--idle-seconds", "60"],
     "scale": ["--specs", "10000", "--repetitions", "3"],
+    "idle": ["--minutes", "3", "--poll-interval", "5s"],
 }
 FULL = {
     **QUICK,
     "memory": ["--tasks", "2000", "--every", "250"],
+    "idle": ["--minutes", "60", "--poll-interval", "30s"],
 }
 MAINS = {
     "overhead": overhead.main,
@@ -30,6 +32,7 @@ MAINS = {
     "flood": flood.main,
     "latency": latency.main,
     "scale": scale.main,
+    "idle": idle.main,
 }
 
 
