@@ -132,7 +132,8 @@ async def _run(worker: Worker, options: RunOptions) -> int:
             finally:
                 unwatch.set()  # the watcher's thread sees this within one step
     except* RalphError as group:
-        _finished(worker, ledger, _end_of(group), None)
+        end, code = _end_of(group)
+        _finished(worker, ledger, end, code)
         raise
     code = 0 if end in (RunEnd.SIGNAL, RunEnd.DEADLINE) else exit_code(await scan(worker))
     _finished(worker, ledger, end, code)
@@ -249,11 +250,13 @@ _END_OF_ERROR: dict[type[RalphError], RunEnd] = {
 }
 
 
-def _end_of(group: BaseExceptionGroup[RalphError]) -> RunEnd:
+def _end_of(group: BaseExceptionGroup[RalphError]) -> tuple[RunEnd, int]:
+    """Why an expected error ended the run, and the exit code it gives."""
     first: BaseException = group
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
-    return _END_OF_ERROR.get(type(first), RunEnd.ERROR)  # type: ignore[arg-type]
+    assert isinstance(first, RalphError)
+    return _END_OF_ERROR.get(type(first), RunEnd.ERROR), first.exit_code
 
 
 async def run_task(worker: Worker, task: Task) -> TaskOutcome:

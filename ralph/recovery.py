@@ -48,6 +48,12 @@ async def recover_interrupted_attempt(worker: Worker) -> None:
         if changes:
             diff = attempt_dir / "interrupted.diff"
             await to_thread.run_sync(repo.save_diff, worker.root, base, diff)
+            log.warning(
+                "ralph.interrupted_changes_kept",
+                diff=str(diff),
+                files=len(changes),
+                detail="`git apply` the diff to bring them back",
+            )
         await to_thread.run_sync(reset_tree, worker, base)
         learnings = read_learnings_file(attempt_dir / "learnings.md")
         await commit_learnings_only(worker, intent.task_id, intent.attempt, learnings)
