@@ -474,7 +474,7 @@ async def watch_specs(specs: Path, wakeup: Wakeup, unwatch: anyio.Event) -> None
     and ralph's stop event must only ever mean that someone asked ralph to stop.
     """
     try:
-        async for _changes in awatch(specs, stop_event=unwatch, debounce=100, step=20):
+        async for _changes in awatch(specs, stop_event=unwatch, debounce=100, step=100):
             wakeup.set()
     except (OSError, RuntimeError) as exc:  # gone, or no watcher here: poll_interval rules
         log.debug("ralph.spec_watch_unavailable", error=str(exc))
