@@ -26,7 +26,7 @@ WORKDIR /repo
 VOLUME ["/repo"]
 
 HEALTHCHECK --interval=60s --timeout=10s --start-period=60s --retries=3 \
-    CMD ["python", "-m", "ralph.service", "health", "/repo"]
+    CMD ["python", "-m", "ralph.runtime.service", "health", "/repo"]
 
 ENTRYPOINT ["/usr/bin/tini", "--", "ralph", "-C", "/repo"]
 CMD ["run"]

@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m ralph.demo
+	$(BIN)/python -m ralph.cli.demo
 
 # Without npm, or if the install fails, the codex test is skipped and says why.
 $(CODEX_STAMP):

@@ -85,10 +85,10 @@ def timed(func: Callable[[], T]) -> tuple[float, T]:
 
 def pick_steps(root: Path) -> dict[str, float]:
     """Seconds of each step of the loop's scan and choice, in this process."""
-    from ralph import repo
-    from ralph.specs import load_specs
-    from ralph.state import StateStore
-    from ralph.tasks import next_task, plan
+    from ralph.backlog.specs import load_specs
+    from ralph.backlog.state import StateStore
+    from ralph.backlog.tasks import next_task, plan
+    from ralph.vcs import repo
 
     seconds: dict[str, float] = {}
     seconds["read specs (load_specs)"], spec_set = timed(

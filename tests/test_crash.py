@@ -20,7 +20,7 @@ from pathlib import Path
 
 from conftest import Project
 
-from ralph.memory import existing_learnings
+from ralph.memory.file import existing_learnings
 
 MIN_TASKS = 12
 CHECK = 'for f in tasks/*.txt; do [ "$(cat "$f")" = ok ] || exit 1; done'

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conftest import Project
 
-from ralph.repo import DoneTasks
+from ralph.vcs.repo import DoneTasks
 
 
 def commit_task(project: Project, task: str) -> None:

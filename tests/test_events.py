@@ -6,7 +6,7 @@ import json
 import multiprocessing
 from pathlib import Path
 
-from ralph.telemetry import EventLog, read_events
+from ralph.observe.telemetry import EventLog, read_events
 
 
 def all_lines(ralph_dir: Path) -> list[dict[str, object]]:

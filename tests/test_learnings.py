@@ -12,9 +12,10 @@ import pytest
 from click.testing import CliRunner
 from conftest import git
 
-from ralph import repo
+from ralph.cli.scaffold import MEMORY_MERGE_LINE, init_repository
 from ralph.errors import RalphError, RepositoryError, SettingsError
-from ralph.learnings import (
+from ralph.memory.file import LEARNINGS_HEADING, Learning, existing_learnings
+from ralph.memory.learnings import (
     PENDING_FILE,
     UnknownLearning,
     accept,
@@ -26,9 +27,8 @@ from ralph.learnings import (
     record,
     reject,
 )
-from ralph.memory import LEARNINGS_HEADING, Learning, existing_learnings
-from ralph.scaffold import MEMORY_MERGE_LINE, init_repository
 from ralph.settings import Settings
+from ralph.vcs import repo
 
 DAY = "2026-11-23"
 TODAY = date(2026, 11, 23)

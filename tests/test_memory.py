@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ralph.memory import (
+from ralph.memory.file import (
     ARCHIVE_HEADING,
     LEARNINGS_HEADING,
     MAX_LEARNING_CHARS,

@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import Project
 
-from ralph.receipts import Receipt
+from ralph.vcs.receipts import Receipt
 
 
 def test_receipt_is_read_back_from_a_real_commit(project: Project) -> None:

@@ -12,8 +12,8 @@ import pytest
 from conftest import Project
 from test_stats import EVENTS, ev
 
-from ralph.report import write_report
-from ralph.stats import compute_stats
+from ralph.observe.report import write_report
+from ralph.observe.stats import compute_stats
 
 
 class Page(HTMLParser):

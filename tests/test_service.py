@@ -88,9 +88,9 @@ def test_ready_comes_after_the_lock_and_recovery(
 
 
 def test_heartbeat_health_check(project: Project) -> None:
-    """`python -m ralph.service health` is 0 while a ralph runs here, 1 once it is gone."""
+    """`python -m ralph.runtime.service health` is 0 while a ralph runs here, 1 once it is gone."""
     project.commit()
-    health = [sys.executable, "-m", "ralph.service", "health", str(project.root)]
+    health = [sys.executable, "-m", "ralph.runtime.service", "health", str(project.root)]
     assert subprocess.run(health, capture_output=True).returncode == 1  # never ran
     proc = project.popen("run")
     try:
@@ -159,6 +159,6 @@ def test_dockerfile_structure() -> None:
     assert any(line.startswith("ARG AGENT_CLIS") for line in lines)
     health = next(line for line in lines if line.startswith("HEALTHCHECK"))
     probe = json.loads(health.split(" CMD ", 1)[1])
-    assert probe == ["python", "-m", "ralph.service", "health", "/repo"]
+    assert probe == ["python", "-m", "ralph.runtime.service", "health", "/repo"]
     command = next(line for line in lines if line.startswith("CMD"))
     assert json.loads(command.removeprefix("CMD")) == ["run"]

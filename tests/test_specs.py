@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import Project
 
-from ralph.specs import (
+from ralph.backlog.specs import (
     DEFAULT_PRIORITY,
     MAX_SPEC_BYTES,
     InvalidSpec,

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 from conftest import Project, git
 
-from ralph.stats import (
+from ralph.observe.stats import (
     compute_stats,
     manual_commits,
     parse_since,
     read_all_events,
     work_branch,
 )
-from ralph.telemetry import EventLog
+from ralph.observe.telemetry import EventLog
 
 Event = dict[str, Any]
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from conftest import Project
 
-from ralph.specs import InvalidSpec, Spec, SpecSet
-from ralph.tasks import State, Task, TaskRecord, next_task, plan
+from ralph.backlog.specs import InvalidSpec, Spec, SpecSet
+from ralph.backlog.tasks import State, Task, TaskRecord, next_task, plan
 
 
 def spec(spec_id: str, *depends_on: str, **fields: Any) -> Spec:

@@ -11,13 +11,15 @@ import anyio
 import pytest
 from conftest import Project
 
-from ralph import agents, loop, repo
-from ralph.attempt import Worker
-from ralph.processes import Stop
+from ralph import agents
+from ralph.backlog.state import StateStore
+from ralph.engine import loop
+from ralph.engine.attempt import Worker
+from ralph.observe.telemetry import EventLog
+from ralph.observe.tracing import spans_from_environment
+from ralph.runtime.processes import Stop
 from ralph.settings import load_settings
-from ralph.state import StateStore
-from ralph.telemetry import EventLog
-from ralph.tracing import spans_from_environment
+from ralph.vcs import repo
 
 memory_exporter = pytest.importorskip("opentelemetry.sdk.trace.export.in_memory_span_exporter")
 
@@ -125,8 +127,8 @@ def test_missing_extra_turns_tracing_off_with_a_warning() -> None:
     """With the endpoint set but the extra not installed, spans are no-ops (no crash)."""
     code = (
         "import sys; sys.modules['opentelemetry'] = None\n"
-        "from ralph.telemetry import configure_logging; configure_logging('json')\n"
-        "from ralph.tracing import spans_from_environment\n"
+        "from ralph.observe.telemetry import configure_logging; configure_logging('json')\n"
+        "from ralph.observe.tracing import spans_from_environment\n"
         "spans = spans_from_environment({'OTEL_EXPORTER_OTLP_ENDPOINT': 'http://127.0.0.1:9'})\n"
         "print(type(spans).__name__)\n"
         "with spans.span('x', a=1) as annotate: annotate(b=2)\n"

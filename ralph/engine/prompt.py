@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ralph.specs import Spec
+from ralph.backlog.specs import Spec
 
 
 @dataclass(frozen=True)

@@ -20,21 +20,22 @@ from typing import Any, Literal
 import structlog
 from anyio import to_thread
 
-from ralph import memory, repo
 from ralph.agents import Agent, AgentReport, AgentRun, agent_environment
 from ralph.agents.failures import TRANSIENT, FailureClass
-from ralph.atomic import write_atomic
-from ralph.gate import Verdict, check_verdict, judge_changes, run_checks
-from ralph.learnings import record as record_learnings
-from ralph.processes import ProcessResult, Stop, run_in_group
-from ralph.prompt import PromptContext, build_prompt, failure_summary
-from ralph.receipts import Receipt
-from ralph.service import Notifier
+from ralph.backlog.specs import Spec
+from ralph.backlog.state import AttemptIntent, StateStore
+from ralph.engine.gate import Verdict, check_verdict, judge_changes, run_checks
+from ralph.engine.prompt import PromptContext, build_prompt, failure_summary
+from ralph.memory import file as memory
+from ralph.memory.learnings import record as record_learnings
+from ralph.observe.telemetry import EventLog
+from ralph.observe.tracing import NoSpans, Spans
+from ralph.runtime.atomic import write_atomic
+from ralph.runtime.processes import ProcessResult, Stop, run_in_group
+from ralph.runtime.service import Notifier
 from ralph.settings import Settings
-from ralph.specs import Spec
-from ralph.state import AttemptIntent, StateStore
-from ralph.telemetry import EventLog
-from ralph.tracing import NoSpans, Spans
+from ralph.vcs import repo
+from ralph.vcs.receipts import Receipt
 
 log = structlog.get_logger("ralph")
 

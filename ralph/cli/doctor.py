@@ -12,10 +12,11 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from ralph import agents, repo
+from ralph import agents
 from ralph.errors import RalphError
-from ralph.lock import lock_holder
+from ralph.runtime.lock import lock_holder
 from ralph.settings import Settings
+from ralph.vcs import repo
 
 # Words a check may start with that are shell syntax or builtins, not programs on PATH.
 _SHELL_WORDS = frozenset(

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from ralph.processes import ProcessResult, Stop, run_in_group
-from ralph.prompt import failure_summary
-from ralph.repo import Change
-from ralph.tracing import NoSpans, Spans
+from ralph.engine.prompt import failure_summary
+from ralph.observe.tracing import NoSpans, Spans
+from ralph.runtime.processes import ProcessResult, Stop, run_in_group
+from ralph.vcs.repo import Change
 
 
 @dataclass(frozen=True)

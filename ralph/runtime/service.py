@@ -3,7 +3,7 @@
 Under systemd (``Type=notify``) ralph sends ``READY=1`` once it holds the lock and has
 recovered, ``STATUS=`` lines saying what it does, ``WATCHDOG=1`` every half
 ``WATCHDOG_USEC`` while its event loop runs, and ``STOPPING=1`` on the way out. The
-same beat rewrites ``.ralph/heartbeat``, which ``python -m ralph.service health``
+same beat rewrites ``.ralph/heartbeat``, which ``python -m ralph.runtime.service health``
 reads for a container's HEALTHCHECK. Standard library only.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import anyio
 
-from ralph.atomic import write_atomic
+from ralph.runtime.atomic import write_atomic
 
 HEARTBEAT_EVERY = 15.0
 HEARTBEAT_STALE = 120.0
@@ -103,9 +103,9 @@ def healthy(ralph_dir: Path, now: float | None = None) -> tuple[bool, str]:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m ralph.service health REPO``: exit 0 when ralph in REPO is alive."""
+    """``python -m ralph.runtime.service health REPO``: exit 0 when ralph in REPO is alive."""
     if len(argv) != 2 or argv[0] != "health":
-        print("usage: python -m ralph.service health REPOSITORY", file=sys.stderr)
+        print("usage: python -m ralph.runtime.service health REPOSITORY", file=sys.stderr)
         return 2
     ok, detail = healthy(Path(argv[1]) / ".ralph")
     print(detail)

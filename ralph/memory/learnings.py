@@ -16,12 +16,13 @@ from typing import Any, Protocol
 import click
 import git
 
-from ralph import memory, repo
-from ralph.atomic import write_atomic
 from ralph.errors import RalphError, RepositoryError
-from ralph.lock import RepoLock
-from ralph.memory import Learning
+from ralph.memory import file as memory
+from ralph.memory.file import Learning
+from ralph.runtime.atomic import write_atomic
+from ralph.runtime.lock import RepoLock
 from ralph.settings import Settings
+from ralph.vcs import repo
 
 PENDING_FILE = Path(repo.STATE_DIR) / "learnings-pending.md"
 PENDING_INTRO = (

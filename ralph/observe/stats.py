@@ -15,8 +15,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from ralph import repo
-from ralph.telemetry import read_events
+from ralph.observe.telemetry import read_events
+from ralph.vcs import repo
 
 Event = dict[str, Any]
 

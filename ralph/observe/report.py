@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 
-from ralph.atomic import write_atomic
-from ralph.stats import TASK_COLUMNS, Stats, summary_rows, task_rows
+from ralph.observe.stats import TASK_COLUMNS, Stats, summary_rows, task_rows
+from ralph.runtime.atomic import write_atomic
 
 WIDTH, HEIGHT = 640, 240
 LEFT, RIGHT, TOP, BOTTOM = 48, 12, 16, 44

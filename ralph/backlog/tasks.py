@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ralph.specs import Spec, SpecSet
+from ralph.backlog.specs import Spec, SpecSet
 
 
 class State(StrEnum):

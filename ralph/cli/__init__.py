@@ -16,21 +16,19 @@ import anyio
 import click
 import structlog
 
-from ralph import __version__, agents, loop, repo
-from ralph.attempt import Worker
-from ralph.doctor import Finding, examine
+from ralph import __version__, agents
+from ralph.backlog.specs import load_specs
+from ralph.backlog.state import StateStore
+from ralph.backlog.tasks import State, Task, plan
+from ralph.cli.doctor import Finding, examine
+from ralph.cli.scaffold import init_repository
 from ralph.durations import parse_deadline
+from ralph.engine import loop
+from ralph.engine.attempt import Worker
 from ralph.errors import RalphError, SettingsError, UsageError
-from ralph.learnings import learnings_group
-from ralph.lock import RepoLock, lock_holder
-from ralph.processes import Stop, become_subreaper
-from ralph.report import write_report
-from ralph.scaffold import init_repository
-from ralph.service import Notifier, beat
-from ralph.settings import Settings, load_settings
-from ralph.specs import load_specs
-from ralph.state import StateStore
-from ralph.stats import (
+from ralph.memory.learnings import learnings_group
+from ralph.observe.report import write_report
+from ralph.observe.stats import (
     TASK_COLUMNS,
     Stats,
     compute_stats,
@@ -41,9 +39,13 @@ from ralph.stats import (
     task_rows,
     work_branch,
 )
-from ralph.tasks import State, Task, plan
-from ralph.telemetry import EventLog, configure_logging, new_run_id
-from ralph.tracing import spans_from_environment
+from ralph.observe.telemetry import EventLog, configure_logging, new_run_id
+from ralph.observe.tracing import spans_from_environment
+from ralph.runtime.lock import RepoLock, lock_holder
+from ralph.runtime.processes import Stop, become_subreaper
+from ralph.runtime.service import Notifier, beat
+from ralph.settings import Settings, load_settings
+from ralph.vcs import repo
 
 log = structlog.get_logger("ralph")
 

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ralph.atomic import write_atomic
-from ralph.tasks import TaskRecord
+from ralph.backlog.tasks import TaskRecord
+from ralph.runtime.atomic import write_atomic
 
 STATE_VERSION = 1
 

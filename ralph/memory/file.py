@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 
-from ralph.atomic import write_atomic
+from ralph.runtime.atomic import write_atomic
 
 MAX_LEARNING_CHARS = 400
 MAX_LEARNINGS_PER_FILE = 20

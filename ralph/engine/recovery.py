@@ -13,13 +13,13 @@ from pathlib import Path
 import structlog
 from anyio import to_thread
 
-from ralph import repo
-from ralph.attempt import Worker, commit_learnings_only, guard_baseline, reset_tree
+from ralph.backlog.specs import load_specs
+from ralph.backlog.state import AttemptIntent
+from ralph.engine.attempt import Worker, commit_learnings_only, guard_baseline, reset_tree
 from ralph.errors import RepositoryError
-from ralph.memory import read_learnings_file
-from ralph.processes import kill_now, processes_with_env
-from ralph.specs import load_specs
-from ralph.state import AttemptIntent
+from ralph.memory.file import read_learnings_file
+from ralph.runtime.processes import kill_now, processes_with_env
+from ralph.vcs import repo
 
 log = structlog.get_logger("ralph")
 

@@ -24,20 +24,20 @@ from tenacity import (
 )
 from watchfiles import awatch
 
-from ralph import repo
 from ralph.agents.failures import TRANSIENT, FailureClass
-from ralph.attempt import (
+from ralph.backlog.specs import Spec, load_specs
+from ralph.backlog.tasks import State, Task, next_task, plan
+from ralph.engine.attempt import (
     AttemptResult,
     Worker,
     commit_learnings_only,
     max_attempts,
     run_attempt,
 )
+from ralph.engine.recovery import recover_interrupted_attempt
 from ralph.errors import RalphError, RepositoryError, UsageError
-from ralph.learnings import failure_lesson
-from ralph.recovery import recover_interrupted_attempt
-from ralph.specs import Spec, load_specs
-from ralph.tasks import State, Task, next_task, plan
+from ralph.memory.learnings import failure_lesson
+from ralph.vcs import repo
 
 log = structlog.get_logger("ralph")
 

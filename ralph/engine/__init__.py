@@ -1,0 +1,1 @@
+"""The engine: the loop, one attempt, the gate, recovery and the prompt."""

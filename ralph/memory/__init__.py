@@ -1,0 +1,1 @@
+"""The memory file (AGENTS.md) and the learnings agents leave in it."""

@@ -1,0 +1,1 @@
+"""Telemetry: logs, the event log, traces, stats and the HTML report."""

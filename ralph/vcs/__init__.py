@@ -1,0 +1,1 @@
+"""Everything ralph does with git, and the receipts it writes into commits."""
