@@ -8,11 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ralph.agents.failures import FailureClass, classify_status, classify_text, parse_reset
+from ralph.agents.failures import classify_status, classify_text, parse_reset
+from ralph.outcome import Reason
 
-AUTH = FailureClass.AUTH
-LIMIT = FailureClass.USAGE_LIMIT
-OUTAGE = FailureClass.API_OUTAGE
+AUTH = Reason.AUTH
+LIMIT = Reason.USAGE_LIMIT
+OUTAGE = Reason.API_OUTAGE
 
 # 07:00 in New York, 09:00 in Recife, 13:00 in Warsaw, 21:00 in Tokyo.
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -226,7 +227,7 @@ def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datet
         ),
     ],
 )
-def test_classify_text(text: str, expected: FailureClass | None) -> None:
+def test_classify_text(text: str, expected: Reason | None) -> None:
     """Each CLI's words for bad credentials, limits and outages get their class; other text none."""
     assert classify_text(text) is expected
 
@@ -250,7 +251,7 @@ def test_classify_text(text: str, expected: FailureClass | None) -> None:
         (None, None),
     ],
 )
-def test_classify_status(status: int | None, expected: FailureClass | None) -> None:
+def test_classify_status(status: int | None, expected: Reason | None) -> None:
     """401/403 are credentials, 429 a limit, 408 and 5xx an outage; other statuses say nothing."""
     assert classify_status(status) is expected
 

@@ -22,7 +22,7 @@ from ralph.agents import (
     available,
     make_agent,
 )
-from ralph.agents.failures import FailureClass
+from ralph.outcome import Reason
 from ralph.settings import load_settings
 
 FIXTURES = Path(__file__).parent / "fixtures" / "agents"
@@ -311,9 +311,9 @@ def recorded(fixture: str, exit_code: int | None, outcome: str = "exited") -> Ag
     return AgentRun(outcome, exit_code, log_path, log_path.read_text(encoding="utf-8"))
 
 
-AUTH = FailureClass.AUTH
-LIMIT = FailureClass.USAGE_LIMIT
-OUTAGE = FailureClass.API_OUTAGE
+AUTH = Reason.AUTH
+LIMIT = Reason.USAGE_LIMIT
+OUTAGE = Reason.API_OUTAGE
 
 
 @pytest.mark.usefixtures("local_time_in_tokyo")
@@ -539,7 +539,7 @@ def test_report_from_recorded_output(
     ],
 )
 def test_command_agent_failure_from_its_last_words(
-    repo: Path, tmp_path: Path, exit_code: int, output: str, failure: FailureClass | None
+    repo: Path, tmp_path: Path, exit_code: int, output: str, failure: Reason | None
 ) -> None:
     """A command agent that exits non-zero is classified by the end of its output; exit 0 is not."""
     log_path = tmp_path / "agent.log"

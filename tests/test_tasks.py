@@ -53,7 +53,7 @@ def plan_of(
         tuple(item for item in items if isinstance(item, InvalidSpec)),
     )
     records = {task_id: TaskRecord(3, True, "failed 3 attempt(s)") for task_id in failed or ()}
-    return plan(spec_set, done or set(), records, running)
+    return plan(spec_set, done or set(), records, [running] if running else [])
 
 
 def next_id(*items: Spec | InvalidSpec, **kwargs: Any) -> str | None:
@@ -241,7 +241,17 @@ def test_status_json_has_every_field(project: Project) -> None:
     result = project.ralph("status", "--json", check_code=0)
     tasks = json.loads(result.stdout)["tasks"]
     assert [task["id"] for task in tasks] == ["first", "orphan", "second", "broken"]
-    fields = {"id", "state", "attempts", "priority", "title", "reason", "failure_class", "path"}
+    fields = {
+        "id",
+        "state",
+        "attempts",
+        "priority",
+        "title",
+        "reason",
+        "failure_class",
+        "blocked_by",
+        "path",
+    }
     assert all(set(task) == fields for task in tasks)
     by_id = {task["id"]: task for task in tasks}
     assert by_id["first"] == {
@@ -252,6 +262,7 @@ def test_status_json_has_every_field(project: Project) -> None:
         "title": "First task",
         "reason": "",
         "failure_class": None,
+        "blocked_by": None,
         "path": "specs/first.md",
     }
     assert (by_id["second"]["state"], by_id["second"]["reason"]) == ("pending", "waiting for first")
@@ -259,6 +270,8 @@ def test_status_json_has_every_field(project: Project) -> None:
         "blocked",
         "depends on unknown task ghost",
     )
+    assert by_id["orphan"]["blocked_by"] == {"kind": "unknown", "on": "ghost"}
+    assert by_id["broken"]["priority"] is None
     assert by_id["broken"]["state"] == "invalid"
     assert by_id["broken"]["reason"].startswith("specs/broken.md: ")
     assert by_id["broken"]["path"] == "specs/broken.md"

@@ -16,8 +16,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from ralph.agents.failures import FailureClass, classify_text, parse_reset
+from ralph.agents.failures import classify_text, parse_reset
 from ralph.errors import SettingsError
+from ralph.outcome import Reason
 from ralph.settings import Settings
 
 # The end of a failed run's output is where CLIs print why.
@@ -53,7 +54,7 @@ class AgentReport:
     cost_usd: float | None = None
     turns: int | None = None
     final_message: str | None = None
-    failure: FailureClass | None = None
+    failure: Reason | None = None
     retry_at: datetime | None = None
     detail: str = ""
 
@@ -205,10 +206,10 @@ def text_report(run: AgentRun, now: datetime, known: AgentReport | None = None) 
 
 
 def failed(
-    known: AgentReport, text: str, now: datetime, failure: FailureClass | None, detail: str
+    known: AgentReport, text: str, now: datetime, failure: Reason | None, detail: str
 ) -> AgentReport:
     """``known`` with the failure, and for a usage limit the reset time ``text`` gives."""
-    retry_at = parse_reset(text, now) if failure is FailureClass.USAGE_LIMIT else None
+    retry_at = parse_reset(text, now) if failure is Reason.USAGE_LIMIT else None
     return dataclasses.replace(
         known, failure=failure, retry_at=known.retry_at or retry_at, detail=detail.strip()[:300]
     )

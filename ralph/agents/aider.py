@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from ralph.agents import AgentCommand, AgentReport, AgentRun, Preset, failed, register
-from ralph.agents.failures import FailureClass
+from ralph.outcome import Reason
 
 _TOKENS = re.compile(
     r"Tokens:\s+(?P<sent>[\d.]+k?)\s+sent,.*?(?P<received>[\d.]+k?)\s+received\."
@@ -21,11 +21,11 @@ _TOKENS = re.compile(
 )
 # Aider's own words after a failed API call (it exits 0 all the same).
 _FAILURES = (
-    ("is not able to authenticate you", FailureClass.AUTH),
-    ("Permission was denied. Check your API key", FailureClass.AUTH),
-    ("has rate limited you", FailureClass.USAGE_LIMIT),
-    ("servers are down or overloaded", FailureClass.API_OUTAGE),
-    ("timed out without returning a response", FailureClass.API_OUTAGE),
+    ("is not able to authenticate you", Reason.AUTH),
+    ("Permission was denied. Check your API key", Reason.AUTH),
+    ("has rate limited you", Reason.USAGE_LIMIT),
+    ("servers are down or overloaded", Reason.API_OUTAGE),
+    ("timed out without returning a response", Reason.API_OUTAGE),
 )
 
 

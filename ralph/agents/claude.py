@@ -27,14 +27,15 @@ from ralph.agents import (
     register,
     text_report,
 )
-from ralph.agents.failures import FailureClass, classify_status, classify_text
+from ralph.agents.failures import classify_status, classify_text
+from ralph.outcome import Reason
 
 # The assistant message's error field, as the CLI's SDK names them.
 _ERRORS = {
-    "authentication_failed": FailureClass.AUTH,
-    "billing_error": FailureClass.AUTH,
-    "rate_limit": FailureClass.USAGE_LIMIT,
-    "server_error": FailureClass.API_OUTAGE,
+    "authentication_failed": Reason.AUTH,
+    "billing_error": Reason.AUTH,
+    "rate_limit": Reason.USAGE_LIMIT,
+    "server_error": Reason.API_OUTAGE,
 }
 
 
@@ -96,6 +97,6 @@ class ClaudeAgent(Preset):
             or _ERRORS.get(assistant_error)
             or classify_text(text)
         )
-        if failure is FailureClass.USAGE_LIMIT and reset is not None:
+        if failure is Reason.USAGE_LIMIT and reset is not None:
             known = dataclasses.replace(known, retry_at=reset)
         return failed(known, text, now, failure, text)

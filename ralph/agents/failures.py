@@ -8,23 +8,9 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-
-class FailureClass(StrEnum):
-    """Why an agent run failed, as far as ralph can tell."""
-
-    USAGE_LIMIT = "usage_limit"
-    API_OUTAGE = "api_outage"
-    AUTH = "auth"
-    TIMEOUT = "timeout"
-    CRASH = "crash"
-    NO_CHANGES = "no_changes"
-
-
-# Limits and outages are nobody's fault: they don't use up the task's attempts.
-TRANSIENT = frozenset({FailureClass.USAGE_LIMIT, FailureClass.API_OUTAGE})
+from ralph.outcome import Reason
 
 # Phrases the CLIs and model APIs print, not bare numbers or words: a failed run's output
 # also holds the project's own test output ("401 passed", test_rate_limit.py), and a
@@ -58,26 +44,26 @@ _OUTAGE = re.compile(
 )
 
 
-def classify_text(text: str) -> FailureClass | None:
+def classify_text(text: str) -> Reason | None:
     """The failure class the end of a failed run's output points to, if any."""
     for pattern, failure in (
-        (_AUTH, FailureClass.AUTH),
-        (_LIMIT, FailureClass.USAGE_LIMIT),
-        (_OUTAGE, FailureClass.API_OUTAGE),
+        (_AUTH, Reason.AUTH),
+        (_LIMIT, Reason.USAGE_LIMIT),
+        (_OUTAGE, Reason.API_OUTAGE),
     ):
         if pattern.search(text):
             return failure
     return None
 
 
-def classify_status(status: int | None) -> FailureClass | None:
+def classify_status(status: int | None) -> Reason | None:
     """The failure class of an HTTP status an agent reports for its model API."""
     if status in (401, 403):
-        return FailureClass.AUTH
+        return Reason.AUTH
     if status == 429:
-        return FailureClass.USAGE_LIMIT
+        return Reason.USAGE_LIMIT
     if status is not None and (status >= 500 or status == 408):
-        return FailureClass.API_OUTAGE
+        return Reason.API_OUTAGE
     return None
 
 

@@ -21,7 +21,8 @@ from ralph.agents import (
     register,
     text_report,
 )
-from ralph.agents.failures import FailureClass, classify_text
+from ralph.agents.failures import classify_text
+from ralph.outcome import Reason
 
 EXIT_AUTH = 41
 
@@ -54,7 +55,7 @@ class GeminiAgent(Preset):
             elif event.get("type") == "message" and event.get("role") == "assistant":
                 deltas.append(str(event.get("content") or ""))
         if run.exit_code == EXIT_AUTH:
-            return AgentReport(failure=FailureClass.AUTH, detail="gemini: authentication failed")
+            return AgentReport(failure=Reason.AUTH, detail="gemini: authentication failed")
         if result is None:
             return text_report(run, now)
         stats = result.get("stats") or {}

@@ -24,7 +24,8 @@ from ralph.agents import (
     register,
     text_report,
 )
-from ralph.agents.failures import FailureClass, classify_status, classify_text
+from ralph.agents.failures import classify_status, classify_text
+from ralph.outcome import Reason
 
 
 @register("opencode")
@@ -77,7 +78,7 @@ class OpenCodeAgent(Preset):
         data = error.get("data") or {}
         text = f"{error.get('name', '')} {data.get('message', '')} {data.get('responseBody', '')}"
         failure = (
-            FailureClass.AUTH
+            Reason.AUTH
             if error.get("name") == "ProviderAuthError"
             else classify_status(as_int(data.get("statusCode"))) or classify_text(text)
         )

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ralph.backlog.tasks import TaskRecord
+from ralph.outcome import Reason
 from ralph.runtime.atomic import write_atomic
 
 STATE_VERSION = 1
@@ -33,6 +34,13 @@ class AttemptIntent:
     pgid: int | None = None
     phase: str = "agent"
     """``agent`` until the gate passes, then ``committing`` while ralph makes its commit."""
+
+
+def _reason(value: object) -> Reason | None:
+    try:
+        return Reason(str(value)) if value else None
+    except ValueError:  # written by a newer ralph, or by hand
+        return None
 
 
 class StateStore:
@@ -54,7 +62,7 @@ class StateStore:
                     attempts=int(raw.get("attempts", 0)),
                     failed=bool(raw.get("failed", False)),
                     reason=str(raw.get("reason", "")),
-                    failure_class=str(raw.get("failure_class", "")),
+                    last_reason=_reason(raw.get("failure_class")),
                 )
         return records
 
@@ -64,11 +72,13 @@ class StateStore:
         return str(raw.get("last_failure", "")) if raw.get("digest") == digest else ""
 
     def record_attempt(
-        self, task_id: str, digest: str, attempt: int, failure: str, failure_class: str = ""
+        self, task_id: str, digest: str, attempt: int, failure: str, reason: Reason | None = None
     ) -> None:
-        """Remember that ``attempt`` was used and why it failed (empty: it didn't)."""
+        """Remember that ``attempt`` was used, how it ended and, for the next prompt, why it
+        failed (``failure`` empty: it didn't)."""
 
         def change(raw: dict[str, Any]) -> None:
+            failure_class = reason.value if reason is not None else ""
             raw.update(attempts=attempt, last_failure=failure, failure_class=failure_class)
 
         self._update(task_id, digest, change)

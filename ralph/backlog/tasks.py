@@ -7,11 +7,12 @@ recorded failures; nothing here touches the disk.
 from __future__ import annotations
 
 import graphlib
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from ralph.backlog.specs import Spec, SpecSet
+from ralph.outcome import Reason
 
 
 class State(StrEnum):
@@ -23,14 +24,47 @@ class State(StrEnum):
     INVALID = "invalid"
 
 
+class BlockKind(StrEnum):
+    """Why a task can never run as things stand (its dependency ``on`` can't become done)."""
+
+    CYCLE = "cycle"
+    UNKNOWN = "unknown"
+    INVALID = "invalid"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+    DISABLED = "disabled"
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """A blocked task's reason as data: what kind, and which task (or cycle) it is about."""
+
+    kind: BlockKind
+    on: str
+
+    @property
+    def by_failure(self) -> bool:
+        """Blocked only because a dependency failed (or is blocked itself): no spec is wrong."""
+        return self.kind in (BlockKind.FAILED, BlockKind.BLOCKED)
+
+    def describe(self) -> str:
+        if self.kind is BlockKind.CYCLE:
+            return f"dependency cycle: {self.on}"
+        if self.kind is BlockKind.UNKNOWN:
+            return f"depends on unknown task {self.on}"
+        if self.kind is BlockKind.INVALID:
+            return f"depends on {self.on}, whose spec is invalid"
+        return f"depends on {self.on}, which is {self.kind.value}"
+
+
 @dataclass(frozen=True)
 class TaskRecord:
-    """What ralph remembers of a task between runs (see ralph.state)."""
+    """What ralph remembers of a task between runs (see ralph.backlog.state)."""
 
     attempts: int = 0
     failed: bool = False
     reason: str = ""
-    failure_class: str = ""
+    last_reason: Reason | None = None
 
 
 @dataclass(frozen=True)
@@ -41,11 +75,26 @@ class Task:
     state: State
     path: str
     title: str = ""
-    priority: int = 0
+    priority: int | None = None
+    """None for an invalid spec, whose priority can't be read."""
     attempts: int = 0
     reason: str = ""
-    failure_class: str = ""
+    """For people: why the task is in its state (failed, blocked, invalid, waiting)."""
+    last_reason: Reason | None = None
+    """How the task's last attempt ended, when it failed."""
+    blocker: Blocker | None = None
+    waiting_for: tuple[str, ...] = ()
     spec: Spec | None = None
+
+    @property
+    def runnable(self) -> bool:
+        """Pending, enabled and every dependency done."""
+        return (
+            self.state is State.PENDING
+            and self.spec is not None
+            and self.spec.enabled
+            and not self.waiting_for
+        )
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -55,7 +104,10 @@ class Task:
             "priority": self.priority,
             "title": self.title,
             "reason": self.reason,
-            "failure_class": self.failure_class or None,
+            "failure_class": self.last_reason.value if self.last_reason else None,
+            "blocked_by": (
+                {"kind": self.blocker.kind.value, "on": self.blocker.on} if self.blocker else None
+            ),
             "path": self.path,
         }
 
@@ -64,7 +116,7 @@ def plan(
     spec_set: SpecSet,
     done: set[str],
     records: Mapping[str, TaskRecord],
-    running: str | None = None,
+    running: Collection[str] = (),
 ) -> list[Task]:
     """Every task with its state, in the order ralph would run them."""
     specs = {spec.id: spec for spec in spec_set.specs}
@@ -74,82 +126,81 @@ def plan(
     for spec_id in _dependency_order(specs, cyclic, done):
         spec = specs[spec_id]
         record = records.get(spec_id, TaskRecord())
-        state, reason = _state_of(spec, record, done, running, states, invalid, cyclic)
-        states[spec_id] = Task(
-            id=spec.id,
-            state=state,
-            path=spec.path,
-            title=spec.title,
-            priority=spec.priority,
-            attempts=record.attempts,
-            reason=reason,
-            failure_class=record.failure_class,
-            spec=spec,
-        )
-    tasks = sorted(states.values(), key=lambda task: (task.priority, task.path))
+        states[spec_id] = _task(spec, record, done, running, states, invalid, cyclic)
+    tasks = sorted(states.values(), key=lambda task: (task.priority or 0, task.path))
     tasks += [
         Task(item.id, State.INVALID, item.path, reason=item.reason) for item in spec_set.invalid
     ]
     return tasks
 
 
-def next_task(tasks: list[Task]) -> Task | None:
+def next_task(tasks: Iterable[Task]) -> Task | None:
     """The runnable task with the lowest (priority, path), if any."""
-    runnable = [task for task in tasks if task.state is State.PENDING and _enabled(task)]
-    for task in runnable:  # already sorted by (priority, path)
-        if not task.reason:
-            return task
-    return None
+    return next((task for task in tasks if task.runnable), None)  # already in that order
 
 
-def _enabled(task: Task) -> bool:
-    return task.spec is not None and task.spec.enabled
-
-
-def _state_of(
+def _task(
     spec: Spec,
     record: TaskRecord,
     done: set[str],
-    running: str | None,
+    running: Collection[str],
     resolved: Mapping[str, Task],
     invalid: set[str],
     cyclic: Mapping[str, str],
-) -> tuple[State, str]:
+) -> Task:
+    """The task for ``spec``, its dependencies already resolved."""
+    task = Task(
+        id=spec.id,
+        state=State.PENDING,
+        path=spec.path,
+        title=spec.title,
+        priority=spec.priority,
+        attempts=record.attempts,
+        last_reason=record.last_reason,
+        spec=spec,
+    )
     if spec.id in done:
-        return State.DONE, ""
-    if spec.id == running:
-        return State.RUNNING, ""
+        return replace(task, state=State.DONE)
+    if spec.id in running:
+        return replace(task, state=State.RUNNING)
     if record.failed:
-        return State.FAILED, record.reason
+        return replace(task, state=State.FAILED, reason=record.reason)
+    blocker = _blocker(spec, resolved, invalid, cyclic, done)
+    if blocker is not None:
+        return replace(task, state=State.BLOCKED, reason=blocker.describe(), blocker=blocker)
+    waiting = tuple(dep for dep in spec.depends_on if dep not in done)
+    if not spec.enabled:
+        return replace(task, reason="disabled (enabled: false)", waiting_for=waiting)
+    if waiting:
+        return replace(task, reason=f"waiting for {', '.join(waiting)}", waiting_for=waiting)
+    return task
+
+
+def _blocker(
+    spec: Spec,
+    resolved: Mapping[str, Task],
+    invalid: set[str],
+    cyclic: Mapping[str, str],
+    done: set[str],
+) -> Blocker | None:
+    """Why a dependency of ``spec`` can never become done, if one can't."""
     if spec.id in cyclic:
-        return State.BLOCKED, f"dependency cycle: {cyclic[spec.id]}"
-    waiting = []
+        return Blocker(BlockKind.CYCLE, cyclic[spec.id])
     for dep in spec.depends_on:
         if dep in done:
             continue
-        blocker = _blocker(dep, resolved, invalid)
-        if blocker:
-            return State.BLOCKED, blocker
-        waiting.append(dep)
-    if not spec.enabled:
-        return State.PENDING, "disabled (enabled: false)"
-    if waiting:
-        return State.PENDING, f"waiting for {', '.join(waiting)}"
-    return State.PENDING, ""
-
-
-def _blocker(dep: str, resolved: Mapping[str, Task], invalid: set[str]) -> str:
-    """Why a dependency that isn't done can never become done, or "" if it still can."""
-    if dep in invalid:
-        return f"depends on {dep}, whose spec is invalid"
-    if dep not in resolved:
-        return f"depends on unknown task {dep}"
-    dep_task = resolved[dep]
-    if dep_task.state in (State.FAILED, State.BLOCKED):
-        return f"depends on {dep}, which is {dep_task.state.value}"
-    if dep_task.spec is not None and not dep_task.spec.enabled:
-        return f"depends on {dep}, which is disabled"
-    return ""
+        if dep in invalid:
+            return Blocker(BlockKind.INVALID, dep)
+        if dep not in resolved:
+            return Blocker(BlockKind.UNKNOWN, dep)
+        dep_task = resolved[dep]
+        if dep_task.state is State.FAILED:
+            return Blocker(BlockKind.FAILED, dep)
+        if dep_task.state is State.BLOCKED:
+            return Blocker(BlockKind.BLOCKED, dep)
+        if dep_task.spec is not None and not dep_task.spec.enabled:
+            return Blocker(BlockKind.DISABLED, dep)
+    return None
 
 
 def _cycles(specs: Mapping[str, Spec], done: set[str]) -> dict[str, str]:

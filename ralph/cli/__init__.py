@@ -17,14 +17,15 @@ import click
 import structlog
 
 from ralph import __version__, agents
-from ralph.backlog.specs import load_specs
+from ralph.backlog.snapshot import Backlog, read_backlog
 from ralph.backlog.state import StateStore
-from ralph.backlog.tasks import State, Task, plan
+from ralph.backlog.tasks import State
 from ralph.cli.doctor import Finding, examine
 from ralph.cli.scaffold import init_repository
 from ralph.durations import parse_deadline
 from ralph.engine import loop
-from ralph.engine.attempt import Worker
+from ralph.engine.ledger import RunOptions
+from ralph.engine.worker import Worker
 from ralph.errors import RalphError, SettingsError, UsageError
 from ralph.memory.learnings import learnings_group
 from ralph.observe.report import write_report
@@ -169,7 +170,7 @@ def run(
             spans=spans_from_environment(os.environ),
             notify=Notifier.from_environment(os.environ),
         )
-        options = loop.RunOptions(once=once, max_tasks=max_tasks)
+        options = RunOptions(once=once, max_tasks=max_tasks)
         try:
             code = anyio.run(_serve, worker, options, deadline_at)
         finally:
@@ -186,7 +187,7 @@ def _deadline(text: str | None) -> datetime | None:
         raise UsageError(f"--deadline: {exc}") from None
 
 
-async def _serve(worker: Worker, options: loop.RunOptions, deadline: datetime | None) -> int:
+async def _serve(worker: Worker, options: RunOptions, deadline: datetime | None) -> int:
     async with anyio.create_task_group() as group:
         group.start_soon(_watch_signals, worker)
         group.start_soon(beat, worker.notify, worker.ralph_dir)
@@ -219,15 +220,14 @@ async def _stop_at(deadline: datetime, stop: Stop) -> None:
     stop.request("deadline")
 
 
-def _tasks(root: Path, settings: Settings) -> list[Task]:
+def _backlog(root: Path, settings: Settings) -> Backlog:
+    """Every task's state; the task of the attempt a running ralph is in shows as running."""
     state = StateStore(root / repo.STATE_DIR)
-    spec_set = load_specs(root / settings.specs_dir, f"{settings.specs_dir.as_posix()}/")
-    running = None
+    running: list[str] = []
     if lock_holder(root / repo.STATE_DIR / "lock") is not None:
         intent = state.interrupted_attempt()
-        running = intent.task_id if intent else None
-    digests = {spec.id: spec.digest for spec in spec_set.specs}
-    return plan(spec_set, repo.done_tasks(root), state.records(digests), running)
+        running = [intent.task_id] if intent else []
+    return read_backlog(root, settings, state, running=running)
 
 
 @cli.command()
@@ -236,14 +236,21 @@ def _tasks(root: Path, settings: Settings) -> list[Task]:
 def status(app: Context, as_json: bool) -> None:
     """Every task with its state, attempts, priority, title and reason."""
     root = app.root()
-    tasks = _tasks(root, app.settings(root))
+    tasks = _backlog(root, app.settings(root)).tasks
     if as_json:
         click.echo(json.dumps({"tasks": [task.as_dict() for task in tasks]}, indent=2))
         return
     _print_table(
         ["ID", "STATE", "ATTEMPTS", "PRIORITY", "TITLE", "REASON"],
-        [[t.id, t.state.value, str(t.attempts), str(t.priority), t.title, t.reason] for t in tasks],
+        [
+            [t.id, t.state.value, str(t.attempts), _or_dash(t.priority), t.title, t.reason]
+            for t in tasks
+        ],
     )
+
+
+def _or_dash(value: int | None) -> str:
+    return "-" if value is None else str(value)
 
 
 def _print_table(header: list[str], rows: list[list[str]]) -> None:
@@ -268,8 +275,8 @@ def validate(app: Context) -> None:
         sys.exit(1)
     problems = _agent_problems(settings, root) + [
         task.reason if task.state is State.INVALID else f"{task.path}: {task.reason}"
-        for task in _tasks(root, settings)
-        if task.state in (State.INVALID, State.BLOCKED) and not _blocked_by_failure(task)
+        for task in _backlog(root, settings)
+        if task.state is State.INVALID or (task.blocker is not None and not task.blocker.by_failure)
     ]
     for problem in problems:
         click.echo(problem)
@@ -290,18 +297,13 @@ def _agent_problems(settings: Settings, root: Path) -> list[str]:
     return []
 
 
-def _blocked_by_failure(task: Task) -> bool:
-    return task.reason.endswith("which is failed") or task.reason.endswith("which is blocked")
-
-
 @cli.command()
 @click.argument("task_id")
 @click.pass_obj
 def retry(app: Context, task_id: str) -> None:
     """Put a failed task back to pending."""
     root = app.root()
-    tasks = {task.id: task for task in _tasks(root, app.settings(root))}
-    task = tasks.get(task_id)
+    task = _backlog(root, app.settings(root)).get(task_id)
     if task is None:
         raise UsageError(f"no task with id {task_id!r} (see `ralph status`)")
     if task.state is not State.FAILED:

@@ -15,17 +15,37 @@ from pathlib import Path
 
 from ralph.engine.prompt import failure_summary
 from ralph.observe.tracing import NoSpans, Spans
+from ralph.outcome import Reason
 from ralph.runtime.processes import ProcessResult, Stop, run_in_group
 from ralph.vcs.repo import Change
 
 
 @dataclass(frozen=True)
-class Verdict:
-    """Why an attempt can't be committed; ``reason`` is a short class for telemetry."""
+class FailedCheck:
+    """The check that failed an attempt: its command, how it ended, where its output is."""
 
-    reason: str
+    command: str
+    exit_code: int | None
+    """None when it ran past the check timeout or was stopped."""
+    log_path: Path
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Why an attempt can't be committed: a reason for telemetry, a summary for people and
+    the next agent, and for a failed check, which one."""
+
+    reason: Reason
     summary: str
+    check: FailedCheck | None = None
     retry_at: datetime | None = None
+    detail: str = ""
+    """The last line the agent printed, for a failure of the agent itself."""
+
+    @property
+    def headline(self) -> str:
+        """The first line of the summary: what failed, without the output."""
+        return self.summary.splitlines()[0] if self.summary else self.reason.value
 
 
 @dataclass(frozen=True)
@@ -35,6 +55,7 @@ class CheckResult:
     exit_code: int | None
     duration: float
     tail: str
+    log_path: Path
 
     @property
     def ok(self) -> bool:
@@ -82,7 +103,9 @@ def judge_changes(
     """A Verdict when the change itself breaks a rule, else None."""
     touched = sorted(change.path for change in changes if matches(change.path, protected))
     if touched:
-        return Verdict("protected", f"The attempt changed protected paths: {', '.join(touched)}")
+        return Verdict(
+            Reason.PROTECTED, f"The attempt changed protected paths: {', '.join(touched)}"
+        )
     rewritten = sorted(
         f"{change.path} ({'deleted' if change.status == 'D' else 'modified'})"
         for change in changes
@@ -90,12 +113,12 @@ def judge_changes(
     )
     if rewritten:
         return Verdict(
-            "append_only",
+            Reason.APPEND_ONLY,
             "The attempt changed existing files in append-only paths "
             f"(only new files may be added there): {', '.join(rewritten)}",
         )
     if not changes and not allow_empty:
-        return Verdict("no_changes", "The agent finished without changing any file.")
+        return Verdict(Reason.NO_CHANGES, "The agent finished without changing any file.")
     return None
 
 
@@ -113,11 +136,14 @@ async def run_checks(
     """Run the checks in order until one fails (or a stop is requested)."""
     results = []
     for index, command in enumerate(checks, start=1):
+        log_path = log_dir / f"check-{index}.log"
         with (spans or NoSpans()).span("ralph.check", command=command) as annotate:
-            result = await _run_check(command, index, root, env, log_dir, timeout, grace, stop)
+            result = await _run_check(command, log_path, root, env, timeout, grace, stop)
             annotate(outcome=result.outcome, exit_code=result.exit_code, passed=result.ok)
         results.append(
-            CheckResult(command, result.outcome, result.exit_code, result.duration, result.tail)
+            CheckResult(
+                command, result.outcome, result.exit_code, result.duration, result.tail, log_path
+            )
         )
         if not result.ok:
             break
@@ -126,10 +152,9 @@ async def run_checks(
 
 async def _run_check(
     command: str,
-    index: int,
+    log_path: Path,
     root: Path,
     env: Mapping[str, str],
-    log_dir: Path,
     timeout: float,
     grace: float,
     stop: Stop,
@@ -138,7 +163,7 @@ async def _run_check(
         ["/bin/sh", "-c", command],
         cwd=root,
         env=env,
-        log_path=log_dir / f"check-{index}.log",
+        log_path=log_path,
         timeout=timeout,
         grace=grace,
         stop=stop,
@@ -157,5 +182,6 @@ def check_verdict(results: Sequence[CheckResult]) -> Verdict | None:
             what = f"Check `{result.command}` failed: command not found (exit 127)."
         else:
             what = f"Check `{result.command}` failed with exit code {result.exit_code}."
-        return Verdict("check_failed", failure_summary(what, result.tail))
+        check = FailedCheck(result.command, result.exit_code, result.log_path)
+        return Verdict(Reason.CHECK_FAILED, failure_summary(what, result.tail), check)
     return None

@@ -13,9 +13,10 @@ from pathlib import Path
 import structlog
 from anyio import to_thread
 
-from ralph.backlog.specs import load_specs
 from ralph.backlog.state import AttemptIntent
-from ralph.engine.attempt import Worker, commit_learnings_only, guard_baseline, reset_tree
+from ralph.engine import guard
+from ralph.engine.attempt import commit_learnings_only
+from ralph.engine.worker import Worker
 from ralph.errors import RepositoryError
 from ralph.memory.file import read_learnings_file
 from ralph.runtime.processes import kill_now, processes_with_env
@@ -42,7 +43,8 @@ async def recover_interrupted_attempt(worker: Worker) -> None:
         base = committed or intent.start_commit
         attempt_dir = Path(intent.attempt_dir)
         await to_thread.run_sync(_note_moved_tip, worker, base, attempt_dir)
-        await to_thread.run_sync(guard_baseline, worker, intent.task_id, base, attempt_dir)
+        await to_thread.run_sync(guard.fold_head, worker, intent.task_id, base)
+        await to_thread.run_sync(guard.undo_behind_git, worker, base, attempt_dir)
         specs = worker.settings.specs_dir.as_posix()
         changes = await to_thread.run_sync(repo.stage_changes, worker.root, base, specs)
         if changes:
@@ -54,14 +56,11 @@ async def recover_interrupted_attempt(worker: Worker) -> None:
                 files=len(changes),
                 detail="`git apply` the diff to bring them back",
             )
-        await to_thread.run_sync(reset_tree, worker, base)
-        learnings = read_learnings_file(attempt_dir / "learnings.md")
+        await to_thread.run_sync(guard.reset_tree, worker, base)
+        learnings = await to_thread.run_sync(read_learnings_file, attempt_dir / "learnings.md")
         await commit_learnings_only(worker, intent.task_id, intent.attempt, learnings)
         if committed is None:
-            digest = _spec_digest(worker, intent.task_id)
-            summary = "ralph was killed during this attempt; its changes were rolled back."
-            if digest is not None:
-                worker.state.record_attempt(intent.task_id, digest, intent.attempt, summary)
+            await to_thread.run_sync(_count_the_attempt, worker, intent)
         worker.events.emit(
             "attempt_recovered",
             task=intent.task_id,
@@ -69,7 +68,7 @@ async def recover_interrupted_attempt(worker: Worker) -> None:
             kept_commit=committed,
             changes=len(changes),
         )
-        worker.state.end_attempt()
+        await to_thread.run_sync(worker.state.end_attempt)
 
 
 def _note_moved_tip(worker: Worker, base: str, attempt_dir: Path) -> None:
@@ -104,19 +103,12 @@ def _committed_by_ralph(root: Path, intent: AttemptIntent) -> str | None:
     """ralph's own commit for this attempt, if it was made before the kill."""
     if intent.phase != "committing":
         return None
-    with repo.open_repo(root) as git_repo:
-        try:
-            tip = git_repo.commit(f"refs/heads/{intent.branch}")
-        except ValueError:
-            return None
-        ours = intent.task_id in tip.trailers_dict.get(repo.TASK_TRAILER, [])
-        parent_ok = [parent.hexsha for parent in tip.parents] == [intent.start_commit]
-        return tip.hexsha if ours and parent_ok else None
+    return repo.task_commit_on(root, intent.branch, intent.task_id, intent.start_commit)
 
 
-def _spec_digest(worker: Worker, task_id: str) -> str | None:
-    spec_set = load_specs(worker.root / worker.settings.specs_dir)
-    for spec in spec_set.specs:
-        if spec.id == task_id:
-            return spec.digest
-    return None
+def _count_the_attempt(worker: Worker, intent: AttemptIntent) -> None:
+    """The interrupted attempt was used: the task's next attempt is the one after it."""
+    task = worker.backlog().get(intent.task_id)
+    if task is not None and task.spec is not None:
+        summary = "ralph was killed during this attempt; its changes were rolled back."
+        worker.state.record_attempt(task.id, task.spec.digest, intent.attempt, summary)

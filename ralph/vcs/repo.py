@@ -236,6 +236,18 @@ def _is_ancestor(repo: git.Repo, older: str, newer: str) -> bool:
     return True
 
 
+def task_commit_on(root: Path, branch: str, task_id: str, parent: str) -> str | None:
+    """The tip of ``branch`` if it is ralph's commit of ``task_id`` made right on ``parent``."""
+    with open_repo(root) as repo:
+        try:
+            tip = repo.commit(f"refs/heads/{branch}")
+        except (ValueError, git.BadName):
+            return None
+        ours = task_id in tip.trailers_dict.get(TASK_TRAILER, [])
+        parent_ok = [each.hexsha for each in tip.parents] == [parent]
+        return tip.hexsha if ours and parent_ok else None
+
+
 def done_tasks(root: Path) -> set[str]:
     """Ids of tasks with a ``Ralph-Task`` trailer on a commit reachable from HEAD."""
     return DoneTasks().read(root)
