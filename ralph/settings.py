@@ -15,13 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, PrivateAttr, ValidationError, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    InitSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ralph.durations import parse_duration
 from ralph.errors import SettingsError
@@ -46,7 +40,7 @@ class Settings(BaseSettings):
     """Everything a user can set; see docs/settings.md for the reference.
 
     Build it with load_settings, which layers file, environment and flags; constructed
-    directly it reads nothing but its arguments.
+    directly it reads nothing but its arguments (its one source is the init arguments).
     """
 
     model_config = SettingsConfigDict(extra="forbid", frozen=True, env_prefix=ENV_PREFIX)
@@ -212,6 +206,8 @@ def load_settings(
 
     Each key comes from the last layer that sets it: the settings file, then ``RALPH_<KEY>``
     in ``environ`` (default ``os.environ``), then ``flags`` (None means the flag wasn't given).
+    Every layer is read once and the merged values are validated once; an error names the
+    key and the layer its value came from.
     """
     flag_values = {key: value for key, value in (flags or {}).items() if value is not None}
     file_values, file_label = read_settings_file(root)
@@ -220,7 +216,7 @@ def load_settings(
     sources |= {key: f"environment variable {env_name(key)}" for key in env_values}
     sources |= {key: f"flag --{key.replace('_', '-')}" for key in flag_values}
     try:
-        settings = _layered(root, flag_values, environ, file_values)
+        settings = Settings(**{**file_values, **env_values, **flag_values})
     except ValidationError as exc:
         raise SettingsError(_describe(exc, sources, file_label)) from None
     _check_agent(settings, sources.get("agent", "the default"))
@@ -228,56 +224,22 @@ def load_settings(
     return settings
 
 
-def _layered(
-    root: Path,
-    flags: dict[str, Any],
-    environ: Mapping[str, str] | None,
-    file_values: dict[str, Any],
-) -> Settings:
-    """pydantic-settings layers the sources: flags over RALPH_* variables over the file."""
-
-    class Layered(Settings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (
-                init_settings,
-                _EnvironSource(settings_cls, os.environ if environ is None else environ),
-                InitSettingsSource(settings_cls, init_kwargs=file_values),
-            )
-
-    return Settings.model_validate(Layered(**flags).model_dump())
-
-
-class _EnvironSource(EnvSettingsSource):
-    """``RALPH_<KEY>`` variables, spelled exactly so, from the environment ralph was given."""
-
-    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
-        self._environ = environ
-        super().__init__(settings_cls, case_sensitive=False, env_prefix=ENV_PREFIX)
-
-    def _load_env_vars(self) -> Mapping[str, str | None]:
-        return {
-            name.lower(): value
-            for name, value in self._environ.items()
-            if name.startswith(ENV_PREFIX) and name == name.upper()
-        }
-
-
 # Set by ralph for its agents, not settings; a nested ralph inherits them.
 AGENT_VARIABLES = frozenset(
-    {"RALPH_TASK_ID", "RALPH_ATTEMPT", "RALPH_PROMPT_FILE", "RALPH_LEARNINGS_FILE"}
+    {
+        "RALPH_TASK_ID",
+        "RALPH_ATTEMPT",
+        "RALPH_PROMPT_FILE",
+        "RALPH_LEARNINGS_FILE",
+        "RALPH_QUESTION_FILE",
+        "RALPH_WORKER",
+    }
 )
 
 
 def _from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
-    """The settings ``RALPH_<KEY>`` variables give; list settings are written as JSON.
+    """The settings ``RALPH_<KEY>`` variables give (the one place they are read); list and
+    table settings are written as JSON.
 
     A ``RALPH_`` variable that names no setting is an error, so a misspelt one can't be
     silently ignored.
