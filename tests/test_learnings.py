@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import git
 
+from ralph.cli.learnings import learnings_group
 from ralph.cli.scaffold import MEMORY_MERGE_LINE, init_repository
 from ralph.errors import RalphError, RepositoryError, SettingsError
 from ralph.memory.file import LEARNINGS_HEADING, Learning, existing_learnings
@@ -21,7 +22,6 @@ from ralph.memory.learnings import (
     accept,
     compact,
     failure_lesson,
-    learnings_group,
     pending,
     recent,
     record,

@@ -21,13 +21,13 @@ from ralph.backlog.snapshot import Backlog, read_backlog
 from ralph.backlog.state import StateStore
 from ralph.backlog.tasks import State
 from ralph.cli.doctor import Finding, examine
+from ralph.cli.learnings import learnings_group
 from ralph.cli.scaffold import init_repository
 from ralph.durations import parse_deadline
 from ralph.engine import loop
 from ralph.engine.ledger import RunOptions
 from ralph.engine.worker import Worker
 from ralph.errors import RalphError, SettingsError, UsageError
-from ralph.memory.learnings import learnings_group
 from ralph.observe.report import write_report
 from ralph.observe.stats import (
     TASK_COLUMNS,

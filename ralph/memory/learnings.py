@@ -7,20 +7,14 @@ and archives old ones, commits what it changes, and holds the ``ralph learnings`
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
-from typing import Any, Protocol
-
-import click
-import git
 
 from ralph.errors import RalphError, RepositoryError
 from ralph.memory import file as memory
 from ralph.memory.file import Learning
 from ralph.runtime.atomic import write_atomic
-from ralph.runtime.lock import RepoLock
 from ralph.settings import Settings
 from ralph.vcs import repo
 
@@ -32,7 +26,6 @@ PENDING_INTRO = (
 )
 COMPACT_TRAILER = "compact"
 REVIEW_TRAILER = "review"
-_BLAME_HEADER = re.compile(r"([0-9a-f]{40}) \d+ (\d+)")
 _MAX_COMMAND_CHARS = 120
 
 
@@ -102,7 +95,7 @@ def accept(root: Path, settings: Settings, numbers: list[int] | None) -> list[Le
     the list, RepositoryError when the memory file has uncommitted changes or other changes
     are staged (and CommitRejected, with the memory file put back, if a hook refuses).
     """
-    return _accept(root, settings, numbers)[0]
+    return accept_with_commit(root, settings, numbers)[0]
 
 
 def reject(root: Path, numbers: list[int] | None) -> list[Learning]:
@@ -171,9 +164,10 @@ def failure_lesson(
     return lesson + "."
 
 
-def _accept(
+def accept_with_commit(
     root: Path, settings: Settings, numbers: list[int] | None
 ) -> tuple[list[Learning], str | None]:
+    """accept, also returning the commit (None when the memory file already held them)."""
     waiting = pending(root)
     chosen = _select(waiting, numbers)
     if not chosen:
@@ -222,9 +216,7 @@ def _require_committable(root: Path, paths: list[str]) -> None:
         raise RepositoryError(
             f"{', '.join(dirty)} has uncommitted changes; commit or discard them first"
         )
-    with repo.open_repo(root) as opened:
-        staged = set(opened.git.diff("--cached", "--name-only", "-z").split("\0")) - {""}
-    others = sorted(staged - set(paths))
+    others = sorted(set(repo.staged_paths(root)) - set(paths))
     if others:
         raise RepositoryError(
             f"changes are staged ({', '.join(others[:3])}); commit or unstage them first, "
@@ -260,20 +252,7 @@ def _read(path: Path) -> bytes | None:
 
 def _line_commits(root: Path, path: str, lines: list[int]) -> dict[int, str]:
     """The commit that last wrote each of ``lines`` (1-based) of ``path``; uncommitted: absent."""
-    if not lines:
-        return {}
-    ranges = [arg for line in sorted(lines) for arg in ("-L", f"{line},{line}")]
-    with repo.open_repo(root) as opened:
-        try:
-            out = opened.git.blame("--porcelain", *ranges, "--", path)
-        except git.GitCommandError:  # no commit yet, or the file never was committed
-            return {}
-    commits = {}
-    for row in out.splitlines():
-        header = _BLAME_HEADER.match(row)
-        if header and header[1].strip("0"):
-            commits[int(header[2])] = header[1]
-    return commits
+    return repo.line_commits(root, path, lines)
 
 
 def _inline_code(command: str) -> str:
@@ -283,110 +262,3 @@ def _inline_code(command: str) -> str:
     fence = "``" if "`" in command else "`"
     pad = " " if fence == "``" else ""
     return f"{fence}{pad}{command}{pad}{fence}"
-
-
-class App(Protocol):
-    """What the ``ralph`` group puts in ``ctx.obj`` (ralph.cli.Context)."""
-
-    def root(self) -> Path: ...
-
-    def settings(self, root: Path, **flags: Any) -> Settings: ...
-
-
-def _noun(count: int) -> str:
-    return f"{count} learning" if count == 1 else f"{count} learnings"
-
-
-@click.group("learnings", invoke_without_command=True)
-@click.option(
-    "-n",
-    "--limit",
-    type=click.IntRange(min=1),
-    default=20,
-    show_default=True,
-    help="How many learnings to list.",
-)
-@click.pass_context
-def learnings_group(ctx: click.Context, limit: int) -> None:
-    """List the newest learnings with their task and commit; review and compact them."""
-    if ctx.invoked_subcommand is not None:
-        return
-    app: App = ctx.obj
-    root = app.root()
-    settings = app.settings(root)
-    rows = recent(root, settings, limit)
-    if not rows:
-        click.echo(f"no learnings in {settings.memory_file} yet")
-    width = max((len(learning.task_id) for learning, _ in rows), default=0)
-    for learning, sha in rows:
-        commit = sha[:12] if sha else "uncommitted"
-        click.echo(f"{learning.day}  {learning.task_id:<{width}}  {commit:<12}  {learning.text}")
-    waiting = len(pending(root))
-    if waiting:
-        click.echo(f"{_noun(waiting)} waiting for review: `ralph learnings pending`")
-
-
-@learnings_group.command("pending")
-@click.pass_obj
-def pending_command(app: App) -> None:
-    """Number the learnings waiting for review."""
-    waiting = pending(app.root())
-    if not waiting:
-        click.echo("no learnings waiting for review")
-    for number, learning in enumerate(waiting, start=1):
-        click.echo(f"{number:>3}. [{learning.task_id} · {learning.day}] {learning.text}")
-
-
-@learnings_group.command("accept")
-@click.argument("numbers", nargs=-1, type=click.IntRange(min=1))
-@click.pass_obj
-def accept_command(app: App, numbers: tuple[int, ...]) -> None:
-    """Move pending learnings into the memory file, in one commit.
-
-    NUMBERS as `ralph learnings pending` lists them; none: all of them.
-    """
-    root = app.root()
-    settings = app.settings(root)
-    with RepoLock(root / repo.STATE_DIR / "lock"):
-        accepted, sha = _accept(root, settings, list(numbers) or None)
-    if not accepted:
-        click.echo("no learnings waiting for review")
-    elif sha is None:
-        click.echo(f"accepted {_noun(len(accepted))}; {settings.memory_file} already held them")
-    else:
-        click.echo(
-            f"accepted {_noun(len(accepted))} into {settings.memory_file} (commit {sha[:12]})"
-        )
-
-
-@learnings_group.command("reject")
-@click.argument("numbers", nargs=-1, type=click.IntRange(min=1))
-@click.pass_obj
-def reject_command(app: App, numbers: tuple[int, ...]) -> None:
-    """Drop pending learnings; nothing is committed.
-
-    NUMBERS as `ralph learnings pending` lists them; none: all of them.
-    """
-    root = app.root()
-    with RepoLock(root / repo.STATE_DIR / "lock"):
-        rejected = reject(root, list(numbers) or None)
-    click.echo(
-        f"rejected {_noun(len(rejected))}" if rejected else "no learnings waiting for review"
-    )
-
-
-@learnings_group.command("compact")
-@click.pass_obj
-def compact_command(app: App) -> None:
-    """Merge repeated learnings and archive old ones, in one commit."""
-    root = app.root()
-    settings = app.settings(root)
-    with RepoLock(root / repo.STATE_DIR / "lock"):
-        done = compact(root, settings, datetime.now(UTC).date())
-    if done.commit is None:
-        click.echo(f"nothing to compact in {settings.memory_file}")
-        return
-    click.echo(
-        f"compacted {settings.memory_file}: {done.merged} merged, {done.archived} archived "
-        f"to {settings.learnings_archive} (commit {done.commit[:12]})"
-    )

@@ -451,22 +451,10 @@ def manual_commits(root: Path, branch: str | None = None, since: datetime | None
     A commit is ralph's when its message has a Ralph-Task or Ralph-Learnings trailer.
     With ``since``, only commits committed at or after it count.
     """
-    trailers = f"key={repo.TASK_TRAILER},key={repo.LEARNINGS_TRAILER},valueonly"
-    with repo.open_repo(root) as git_repo:
-        heads = {head.name for head in git_repo.heads}
-        rev = branch if branch in heads else "HEAD"
-        if rev == "HEAD" and not git_repo.head.is_valid():
-            return 0
-        out = git_repo.git.log(
-            rev, "--topo-order", "--reverse", f"--format=%ct%x09%(trailers:{trailers})%x00"
-        )
     count, seen_ralph = 0, False
-    for entry in out.split("\0"):
-        stamp, _, found = entry.strip("\n").partition("\t")
-        if not stamp:
-            continue
-        if found.strip():
+    for stamp, by_ralph in repo.commit_trailers(root, branch):
+        if by_ralph:
             seen_ralph = True
-        elif seen_ralph and (since is None or int(stamp) >= since.timestamp()):
+        elif seen_ralph and (since is None or stamp >= since.timestamp()):
             count += 1
     return count

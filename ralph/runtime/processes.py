@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -212,17 +213,18 @@ async def stop_tree(pgid: int, grace: float, forced: anyio.Event | None = None) 
     for them to exit, then SIGKILL to whatever is left. A daemon that left the group
     with setsid is below ralph thanks to the subreaper, so it is stopped the same way.
     """
-    if not _remaining(pgid):
+    remaining = functools.partial(anyio.to_thread.run_sync, _remaining, pgid)
+    if not await remaining():
         return
-    _signal_all(pgid, signal.SIGTERM)
+    await anyio.to_thread.run_sync(_signal_all, pgid, signal.SIGTERM)
     with anyio.move_on_after(grace):
-        while _remaining(pgid) and not (forced is not None and forced.is_set()):
+        while await remaining() and not (forced is not None and forced.is_set()):
             await anyio.sleep(_POLL)
     with anyio.move_on_after(5):
-        while _remaining(pgid):
-            _signal_all(pgid, signal.SIGKILL)
+        while await remaining():
+            await anyio.to_thread.run_sync(_signal_all, pgid, signal.SIGKILL)
             await anyio.sleep(_POLL)
-    reap_orphans()
+    await anyio.to_thread.run_sync(reap_orphans)
 
 
 def _remaining(pgid: int) -> set[int]:

@@ -74,7 +74,7 @@ async def beat(notifier: Notifier, ralph_dir: Path) -> None:
     while True:
         if notifier.watchdog_interval:
             notifier.send("WATCHDOG=1")
-        write_heartbeat(ralph_dir, notifier.status_text)
+        await anyio.to_thread.run_sync(write_heartbeat, ralph_dir, notifier.status_text)
         await anyio.sleep(interval)
 
 

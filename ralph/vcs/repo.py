@@ -396,6 +396,55 @@ def commit(root: Path, message: str, *, run_hooks: bool) -> str:
         return repo.head.commit.hexsha
 
 
+def staged_paths(root: Path) -> list[str]:
+    """Paths with changes staged in the index (against HEAD)."""
+    with open_repo(root) as repo:
+        out = repo.git.diff("--cached", "--name-only", "-z")
+    return [path for path in out.split("\0") if path]
+
+
+_BLAME_HEADER = re.compile(r"([0-9a-f]{40}) \d+ (\d+)")
+
+
+def line_commits(root: Path, path: str, lines: list[int]) -> dict[int, str]:
+    """The commit that last wrote each of ``lines`` (1-based) of ``path``; uncommitted lines
+    and a file never committed have none."""
+    if not lines:
+        return {}
+    ranges = [arg for line in sorted(lines) for arg in ("-L", f"{line},{line}")]
+    with open_repo(root) as repo:
+        try:
+            out = repo.git.blame("--porcelain", *ranges, "--", path)
+        except git.GitCommandError:  # no commit yet, or the file never was committed
+            return {}
+    commits = {}
+    for row in out.splitlines():
+        header = _BLAME_HEADER.match(row)
+        if header and header[1].strip("0"):
+            commits[int(header[2])] = header[1]
+    return commits
+
+
+def commit_trailers(root: Path, branch: str | None) -> list[tuple[int, bool]]:
+    """(commit time, made by ralph) of every commit on ``branch`` (else HEAD), oldest first
+    in topological order; ralph's commits carry a Ralph-Task or Ralph-Learnings trailer."""
+    trailers = f"key={TASK_TRAILER},key={LEARNINGS_TRAILER},valueonly"
+    with open_repo(root) as repo:
+        heads = {head.name for head in repo.heads}
+        rev = branch if branch in heads else "HEAD"
+        if rev == "HEAD" and not repo.head.is_valid():
+            return []
+        out = repo.git.log(
+            rev, "--topo-order", "--reverse", f"--format=%ct%x09%(trailers:{trailers})%x00"
+        )
+    commits = []
+    for entry in out.split("\0"):
+        stamp, _, found = entry.strip("\n").partition("\t")
+        if stamp:
+            commits.append((int(stamp), bool(found.strip())))
+    return commits
+
+
 def _git_output(exc: git.GitCommandError) -> str:
     """What git printed, without the quoting GitPython wraps it in."""
     parts = []
