@@ -41,6 +41,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check ralph tests
 	$(BIN)/ruff format --check ralph tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Figures, not pass/fail: a few minutes; `make bench BENCH_ARGS=--full` for docs/performance.md.
 bench: $(STAMP)

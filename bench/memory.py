@@ -87,7 +87,14 @@ def watch_run(root: Path, tasks: int, every: int) -> tuple[list[list[object]], i
                 elif name == "task_done":
                     done += 1
                     if done % every == 0 and done < tasks:
-                        last_mark = _row(rows, proc.pid, done, now, first_kb, last_mark)
+                        last_mark = _row(
+                            rows,
+                            pid=proc.pid,
+                            done=done,
+                            now=now,
+                            first_kb=first_kb,
+                            last_mark=last_mark,
+                        )
             time.sleep(0.05)
         total = time.perf_counter() - started
     if proc.returncode != 0:
@@ -105,6 +112,7 @@ def watch_run(root: Path, tasks: int, every: int) -> tuple[list[list[object]], i
 
 def _row(
     rows: list[list[object]],
+    *,
     pid: int,
     done: int,
     now: float,

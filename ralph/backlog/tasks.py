@@ -120,14 +120,12 @@ def plan(
 ) -> list[Task]:
     """Every task with its state, in the order ralph would run them."""
     specs = {spec.id: spec for spec in spec_set.specs}
-    invalid = {item.id for item in spec_set.invalid}
-    states: dict[str, Task] = {}
     cyclic = _cycles(specs, done)
+    known = _Known(done, running, {item.id for item in spec_set.invalid}, cyclic, {})
     for spec_id in _dependency_order(specs, cyclic, done):
-        spec = specs[spec_id]
         record = records.get(spec_id, TaskRecord())
-        states[spec_id] = _task(spec, record, done, running, states, invalid, cyclic)
-    tasks = sorted(states.values(), key=lambda task: (task.priority or 0, task.path))
+        known.resolved[spec_id] = _task(specs[spec_id], record, known)
+    tasks = sorted(known.resolved.values(), key=lambda task: (task.priority or 0, task.path))
     tasks += [
         Task(item.id, State.INVALID, item.path, reason=item.reason) for item in spec_set.invalid
     ]
@@ -139,16 +137,21 @@ def next_task(tasks: Iterable[Task]) -> Task | None:
     return next((task for task in tasks if task.runnable), None)  # already in that order
 
 
-def _task(
-    spec: Spec,
-    record: TaskRecord,
-    done: set[str],
-    running: Collection[str],
-    resolved: Mapping[str, Task],
-    invalid: set[str],
-    cyclic: Mapping[str, str],
-) -> Task:
+@dataclass(frozen=True)
+class _Known:
+    """What a task's state depends on besides its own spec and record."""
+
+    done: set[str]
+    running: Collection[str]
+    invalid: set[str]
+    cyclic: Mapping[str, str]
+    resolved: dict[str, Task]
+    """The tasks planned so far: every dependency comes before its dependents."""
+
+
+def _task(spec: Spec, record: TaskRecord, known: _Known) -> Task:
     """The task for ``spec``, its dependencies already resolved."""
+    done = known.done
     task = Task(
         id=spec.id,
         state=State.PENDING,
@@ -161,11 +164,11 @@ def _task(
     )
     if spec.id in done:
         return replace(task, state=State.DONE)
-    if spec.id in running:
+    if spec.id in known.running:
         return replace(task, state=State.RUNNING)
     if record.failed:
         return replace(task, state=State.FAILED, reason=record.reason)
-    blocker = _blocker(spec, resolved, invalid, cyclic, done)
+    blocker = _blocker(spec, known)
     if blocker is not None:
         return replace(task, state=State.BLOCKED, reason=blocker.describe(), blocker=blocker)
     waiting = tuple(dep for dep in spec.depends_on if dep not in done)
@@ -176,24 +179,18 @@ def _task(
     return task
 
 
-def _blocker(
-    spec: Spec,
-    resolved: Mapping[str, Task],
-    invalid: set[str],
-    cyclic: Mapping[str, str],
-    done: set[str],
-) -> Blocker | None:
+def _blocker(spec: Spec, known: _Known) -> Blocker | None:
     """Why a dependency of ``spec`` can never become done, if one can't."""
-    if spec.id in cyclic:
-        return Blocker(BlockKind.CYCLE, cyclic[spec.id])
+    if spec.id in known.cyclic:
+        return Blocker(BlockKind.CYCLE, known.cyclic[spec.id])
     for dep in spec.depends_on:
-        if dep in done:
+        if dep in known.done:
             continue
-        if dep in invalid:
+        if dep in known.invalid:
             return Blocker(BlockKind.INVALID, dep)
-        if dep not in resolved:
+        if dep not in known.resolved:
             return Blocker(BlockKind.UNKNOWN, dep)
-        dep_task = resolved[dep]
+        dep_task = known.resolved[dep]
         if dep_task.state is State.FAILED:
             return Blocker(BlockKind.FAILED, dep)
         if dep_task.state is State.BLOCKED:

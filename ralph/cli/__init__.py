@@ -137,6 +137,7 @@ def init(app: Context) -> None:
 @click.pass_obj
 def run(
     app: Context,
+    *,
     once: bool,
     max_tasks: int | None,
     deadline: str | None,

@@ -138,7 +138,15 @@ async def run_checks(
     for index, command in enumerate(checks, start=1):
         log_path = log_dir / f"check-{index}.log"
         with (spans or NoSpans()).span("ralph.check", command=command) as annotate:
-            result = await _run_check(command, log_path, root, env, timeout, grace, stop)
+            result = await _run_check(
+                command,
+                log_path=log_path,
+                root=root,
+                env=env,
+                timeout=timeout,
+                grace=grace,
+                stop=stop,
+            )
             annotate(outcome=result.outcome, exit_code=result.exit_code, passed=result.ok)
         results.append(
             CheckResult(
@@ -152,6 +160,7 @@ async def run_checks(
 
 async def _run_check(
     command: str,
+    *,
     log_path: Path,
     root: Path,
     env: Mapping[str, str],
