@@ -38,11 +38,21 @@ class Reason(StrEnum):
     """The change modifies or deletes an existing file in an append-only path."""
     GIT_TAMPERED = "git_tampered"
     """The agent changed ``.git`` itself (hooks, config, excludes)."""
+    OUTSIDE_TOUCHES = "outside_touches"
+    """The change touches paths outside the task's declared ``touches``: the schedule
+    relied on it."""
+    NESTED_REPO = "nested_repo"
+    """The change holds a nested repository (a gitlink) a clone couldn't check out."""
+    SYMLINK = "symlink"
+    """The change holds a symlink that points outside the repository."""
 
     CHECK_FAILED = "check_failed"
     """A check exited non-zero or ran past the check timeout."""
     COMMIT_REJECTED = "commit_rejected"
     """git refused ralph's commit (a hook, with ``run_hooks``)."""
+    CONFLICT = "conflict"
+    """The change no longer applies where the branch is now, or a person's uncommitted work
+    is in its way: nobody's fault, the next attempt starts from the new tip."""
 
     @property
     def counts(self) -> bool:
@@ -58,4 +68,4 @@ class Reason(StrEnum):
 TRANSIENT = frozenset({Reason.USAGE_LIMIT, Reason.API_OUTAGE})
 """Nobody's fault: ralph waits and runs the same attempt again."""
 
-UNCOUNTED = frozenset({Reason.INTERRUPTED, Reason.AUTH, *TRANSIENT})
+UNCOUNTED = frozenset({Reason.INTERRUPTED, Reason.AUTH, Reason.CONFLICT, *TRANSIENT})

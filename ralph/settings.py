@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     max_attempts: Count = Field(default=3, ge=1, le=100)
     """Attempts per task, each with a fresh agent."""
 
+    workers: Count = Field(default=1, ge=1, le=64)
+    """Agents at once, each in its own worktree under ``.ralph/worktrees/``."""
+
     attempt_timeout: Duration = 1800.0
     """How long one agent run may take before its process group is stopped."""
 
@@ -134,7 +137,18 @@ class Settings(BaseSettings):
     """Where compaction moves old learnings, relative to the repository root."""
 
     run_hooks: bool = False
-    """Run the repository's git hooks on ralph's own commits (off: a planted hook never runs)."""
+    """Run the repository's pre-commit and commit-msg hooks (as they were when ralph started)
+    before each task commit; off: no hook ever runs for ralph's git."""
+
+    check_cache: list[str] = Field(default_factory=list)
+    """Ignored paths kept between check runs in ralph's checkout (``.venv``, ``node_modules``);
+    every other ignored file is removed before the checks run."""
+
+    allow_nested_repos: bool = False
+    """Let a change add a nested git repository (a gitlink without .gitmodules)."""
+
+    allow_external_symlinks: bool = False
+    """Let a change add a symlink that points outside the repository."""
 
     @field_validator("checks")
     @classmethod

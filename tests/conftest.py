@@ -150,6 +150,19 @@ class Project:
         result = self.ralph("status", "--json", check_code=0)
         return {task["id"]: task for task in json.loads(result.stdout)["tasks"]}
 
+    def worktree(self, worker: int = 0) -> Path:
+        """The worktree where ralph's worker runs its agents and checks."""
+        return self.root / ".ralph" / "worktrees" / f"w{worker}"
+
+    def current_attempt(self, worker: int = 0) -> dict[str, Any] | None:
+        """The attempt a worker is in, as ralph recorded it (None: in none, or mid-write)."""
+        path = self.root / ".git" / "ralph" / "workers" / f"{worker}.json"
+        try:
+            record: dict[str, Any] = json.loads(path.read_text())["record"]
+        except (FileNotFoundError, ValueError, KeyError):
+            return None
+        return record
+
     def events(self) -> list[dict[str, Any]]:
         path = self.root / ".ralph" / "events.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -132,8 +133,9 @@ def test_stale_index_lock_is_removed_and_work_goes_on(project: Project) -> None:
     assert not (project.root / ".git" / "index.lock").exists()
 
 
-def test_index_lock_held_by_a_running_git_is_a_clear_error(project: Project) -> None:
-    """While a git process works in the repository, its index.lock is never removed."""
+def test_index_lock_held_by_a_running_git_is_waited_for(project: Project) -> None:
+    """While a git process works in the repository (a commit waiting in an editor), ralph
+    never removes its index.lock: it says it waits, and lands once that git is done."""
     project.spec("task")
     project.attempts("task", {"steps": [{"write": "x.txt", "content": "x\n"}]})
     project.commit()
@@ -143,12 +145,23 @@ def test_index_lock_held_by_a_running_git_is_a_clear_error(project: Project) -> 
     fake_git = project.root.parent / "bin" / "git"
     fake_git.parent.mkdir()
     fake_git.symlink_to("/bin/sleep")
-    holder = subprocess.Popen([str(fake_git), "30"], cwd=project.root)
+    holder = subprocess.Popen([str(fake_git), "60"], cwd=project.root)
+    ralph = project.popen("run", "--once")
     try:
-        result = project.ralph("run", "--once", timeout=60)
+        deadline = time.monotonic() + 30
+        while not _said(project, "waiting_for_git") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _said(project, "waiting_for_git")
+        assert lock.exists() and ralph.poll() is None
     finally:
         holder.kill()
         holder.wait()
-    assert result.returncode != 0
-    assert "index.lock" in result.stderr and "running git process" in result.stderr
-    assert lock.exists()
+    lock.unlink()  # as the git would, when it finishes
+    _out, err = ralph.communicate(timeout=60)
+    assert ralph.returncode == 0, err
+    assert project.task_commits() == [("task", "1")]
+
+
+def _said(project: Project, event: str) -> bool:
+    path = project.root / ".ralph" / "events.jsonl"
+    return path.exists() and f'"event": "{event}"' in path.read_text()

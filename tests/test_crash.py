@@ -9,7 +9,6 @@ longer campaign runs by hand with the same test:
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import os
 import random
@@ -107,7 +106,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(project: Pr
     assert lost == [] and doubled == [] and unchecked == []
     assert orphans == []
     assert project.git("status", "--porcelain") == ""
-    assert not (project.root / ".ralph" / "current.json").exists()
+    assert project.current_attempt() is None
     assert lessons == [1] * tasks
     assert len(existing_learnings(project.root / "AGENTS.md")) == tasks
 
@@ -133,12 +132,10 @@ def test_agent_dies_with_a_sigkilled_ralph(project: Project) -> None:
     project.attempts("slow", {"steps": [{"write": "x.txt", "content": "x\n"}, {"sleep": 60}]})
     project.commit()
     proc = project.popen("run", "--once")
-    current = project.root / ".ralph" / "current.json"
     deadline = time.monotonic() + 20
     pgid = None
     while pgid is None and time.monotonic() < deadline:
-        with contextlib.suppress(OSError, ValueError):  # not written yet, or mid-rename
-            pgid = json.loads(current.read_text()).get("pgid")
+        pgid = (project.current_attempt() or {}).get("pgid")
         time.sleep(0.05)
     assert pgid is not None, "the attempt never recorded its agent"
     proc.send_signal(signal.SIGKILL)

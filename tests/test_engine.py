@@ -11,44 +11,53 @@ import pytest
 from conftest import Project
 
 from ralph.agents import make_agent
-from ralph.backlog.snapshot import read_backlog
 from ralph.backlog.state import StateStore
 from ralph.engine import loop
 from ralph.engine.attempt import AttemptOutcome, run_attempt
+from ralph.engine.landing import MergeQueue
 from ralph.engine.ledger import RunOptions
-from ralph.engine.worker import Worker
+from ralph.engine.worker import Run, Worker
 from ralph.observe.telemetry import EventLog
 from ralph.outcome import Reason
 from ralph.runtime.processes import Stop
 from ralph.settings import load_settings
 from ralph.vcs import repo
+from ralph.vcs.gitenv import Git, GitEnv, records_dir
 
 
-def make_worker(project: Project) -> Worker:
-    """A Worker for the project, built as ``ralph run`` builds it, without the CLI."""
+def make_run(project: Project) -> Run:
+    """A Run for the project, built as ``ralph run`` builds it, without the CLI."""
     project.commit("settings")  # writes ralph.toml from project.settings
     settings = load_settings(project.root, environ={})
     repo.ensure_excluded(project.root)
-    return Worker(
+    records = records_dir(project.root, os.environ)
+    git_env = GitEnv.snapshot(project.root, dict(os.environ), records / "runs" / "test")
+    return Run(
         root=project.root,
         settings=settings,
         agent=make_agent(settings, project.root),
         env=dict(os.environ),
         events=EventLog(project.root / ".ralph" / "events.jsonl", "test-run"),
-        state=StateStore(project.root / ".ralph"),
+        state=StateStore(records),
         stop=Stop(),
         branch="main",
+        git=Git(project.root, git_env),
     )
+
+
+def make_worker(project: Project) -> Worker:
+    """Worker 0 of a fresh Run for the project."""
+    return Worker(make_run(project), 0)
 
 
 def attempt(worker: Worker, task_id: str, number: int = 1) -> AttemptOutcome:
     """Run one attempt of ``task_id`` in-process."""
-    task = read_backlog(worker.root, worker.settings, worker.state).get(task_id)
+    task = worker.run.backlog().get(task_id)
     assert task is not None and task.spec is not None
     spec = task.spec
 
     async def main() -> AttemptOutcome:
-        return await run_attempt(worker, spec, number)
+        return await run_attempt(worker, MergeQueue(), spec, number)
 
     return anyio.run(main)
 
@@ -91,7 +100,14 @@ def test_a_failing_check_is_named_in_the_verdict(project: Project) -> None:
         ([write_step("specs/one.md", "# hijacked\n")], 0, Reason.PROTECTED),
         ([], 0, Reason.NO_CHANGES),
         ([write_step("one.txt")], 7, Reason.CRASH),
-        ([write_step(".git/hooks/pre-commit", "#!/bin/sh\n")], 0, Reason.GIT_TAMPERED),
+        (
+            [
+                write_step("one.txt"),
+                {"run": 'touch "$(git rev-parse --git-common-dir)/hooks/pre-commit"'},
+            ],
+            0,
+            Reason.GIT_TAMPERED,
+        ),
     ],
     ids=["protected", "no-changes", "crash", "git-tampered"],
 )
@@ -115,7 +131,7 @@ def test_a_stop_before_the_agent_ends_interrupts_the_attempt(project: Project) -
     project.spec("one")
     project.attempts("one", {"steps": [write_step("one.txt"), {"sleep": 30}]})
     worker = make_worker(project)
-    spec = read_backlog(worker.root, worker.settings, worker.state).get("one")
+    spec = worker.run.backlog().get("one")
     assert spec is not None and spec.spec is not None
     the_spec = spec.spec
 
@@ -124,10 +140,10 @@ def test_a_stop_before_the_agent_ends_interrupts_the_attempt(project: Project) -
 
             async def stop_soon() -> None:
                 await anyio.sleep(0.5)
-                worker.stop.request("SIGTERM")
+                worker.run.stop.request("SIGTERM")
 
             group.start_soon(stop_soon)
-            return await run_attempt(worker, the_spec, 1)
+            return await run_attempt(worker, MergeQueue(), the_spec, 1)
 
     outcome = anyio.run(main)
     assert outcome.reason is Reason.INTERRUPTED and not outcome.reason.counts
@@ -140,10 +156,10 @@ def test_the_loop_runs_the_backlog_in_dependency_order(project: Project) -> None
     project.spec("a", priority=2)
     for task_id in ("a", "b"):
         project.attempts(task_id, {"steps": [write_step(f"{task_id}.txt")]})
-    worker = make_worker(project)
+    the_run = make_run(project)
 
     async def main() -> int:
-        return await loop.run(worker, RunOptions(once=True))
+        return await loop.run(the_run, RunOptions(once=True))
 
     assert anyio.run(main) == 0
     assert project.task_commits() == [("a", "1"), ("b", "1")]
@@ -153,23 +169,25 @@ def test_the_loop_marks_a_task_failed_after_its_attempts(project: Project) -> No
     """A task that fails every attempt ends failed with its last reason; the run returns 1."""
     project.spec("one", max_attempts=2)
     project.attempts("one", {"steps": [write_step("one.txt")], "exit": 1})
-    worker = make_worker(project)
+    the_run = make_run(project)
 
     async def main() -> int:
-        return await loop.run(worker, RunOptions(once=True))
+        return await loop.run(the_run, RunOptions(once=True))
 
     assert anyio.run(main) == 1
-    task = read_backlog(worker.root, worker.settings, worker.state).get("one")
+    task = the_run.backlog().get("one")
     assert task is not None
     assert (task.state.value, task.attempts, task.last_reason) == ("failed", 2, Reason.CRASH)
 
 
 def test_only_nobodys_fault_endings_leave_the_attempt_unused() -> None:
-    """Reasons that don't use up an attempt are exactly the stop, auth and the transient ones."""
+    """Reasons that don't use up an attempt are exactly the stop, auth, a conflict in the
+    merge queue and the transient ones."""
     uncounted = {reason for reason in Reason if not reason.counts}
     assert uncounted == {
         Reason.INTERRUPTED,
         Reason.AUTH,
+        Reason.CONFLICT,
         Reason.USAGE_LIMIT,
         Reason.API_OUTAGE,
     }

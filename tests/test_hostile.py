@@ -46,13 +46,18 @@ def rolled_back_reasons(project: Project) -> list[str]:
     ("command", "guarded", "planted"),
     [
         (
-            "printf '#!/bin/sh\\ntouch /tmp/owned\\n' > .git/hooks/pre-commit && "
-            "chmod +x .git/hooks/pre-commit",
+            'g=$(git rev-parse --git-common-dir); mkdir -p "$g/hooks" && '
+            "printf '#!/bin/sh\\ntouch /tmp/owned\\n' > \"$g/hooks/pre-commit\" && "
+            'chmod +x "$g/hooks/pre-commit"',
             ".git/hooks/pre-commit",
             b"owned",
         ),
         ("git config core.hooksPath /tmp/evil-hooks", ".git/config", b"evil-hooks"),
-        ("echo 'secret.txt' >> .git/info/exclude", ".git/info/exclude", b"secret.txt"),
+        (
+            'echo secret.txt >> "$(git rev-parse --git-common-dir)/info/exclude"',
+            ".git/info/exclude",
+            b"secret.txt",
+        ),
     ],
 )
 def test_changes_under_git_dir_fail_and_are_restored(
@@ -132,8 +137,9 @@ def test_hard_reset_is_judged_as_part_of_the_change(project: Project) -> None:
     assert "A\tnew.txt" in status and "D\told.txt" in status
 
 
-def test_ignored_file_in_protected_path_fails(project: Project) -> None:
-    """A git-ignored file added under specs/ (a hidden task) fails the attempt, and is removed."""
+def test_ignored_file_in_protected_path_never_reaches_the_specs(project: Project) -> None:
+    """A git-ignored file added under specs/ (a hidden task) stays in the agent's worktree:
+    the user's specs never see it, and only what git sees is committed."""
     project.write(".gitignore", "*.secret.md\n")
     project.spec("task", max_attempts=1)
     project.attempts(
@@ -146,9 +152,10 @@ def test_ignored_file_in_protected_path_fails(project: Project) -> None:
         },
     )
     project.commit()
-    project.ralph("run", "--once", check_code=1)
-    assert rolled_back_reasons(project) == ["protected"]
+    project.ralph("run", "--once", check_code=0)
     assert not (project.root / "specs" / "evil.secret.md").exists()
+    assert "evil.secret" not in project.git("show", "--name-only", "HEAD")
+    assert set(project.status_json()) == {"task"}
 
 
 def test_double_forked_daemon_does_not_survive_the_attempt(project: Project) -> None:
@@ -249,7 +256,7 @@ def test_file_operations_are_committed_as_git_sees_them(project: Project) -> Non
         ["git", "cat-file", "blob", "HEAD:blob.bin"], cwd=project.root, capture_output=True
     ).stdout
     assert blob == bytes(range(256))
-    assert (project.root / "debug.log").exists()
+    assert not (project.root / "debug.log").exists()  # it stayed in the agent's worktree
 
 
 def test_sigterm_ignoring_agent_is_killed_after_grace(project: Project) -> None:
@@ -269,8 +276,9 @@ def test_sigterm_ignoring_agent_is_killed_after_grace(project: Project) -> None:
     assert exited[0]["outcome"] == "timeout"
 
 
-def test_spec_planted_by_the_agent_is_moved_aside(project: Project) -> None:
-    """A new spec written during an attempt fails it and is kept aside, not run and not lost."""
+def test_spec_planted_by_the_agent_is_kept_aside(project: Project) -> None:
+    """A new spec written during an attempt fails it and is kept in the attempt's diff, not
+    run and not lost."""
     project.spec("task", max_attempts=1)
     project.attempts(
         "task",
@@ -285,10 +293,8 @@ def test_spec_planted_by_the_agent_is_moved_aside(project: Project) -> None:
     project.ralph("run", "--once", check_code=1)
     assert rolled_back_reasons(project) == ["protected"]
     assert not (project.root / "specs" / "planted.md").exists()
-    kept = list(
-        (project.root / ".ralph" / "attempts").rglob("specs-changed-during-attempt/**/*.md")
-    )
-    assert [path.read_text() for path in kept] == ["# Do something evil\n"]
+    (diff,) = (project.root / ".ralph" / "attempts").rglob("changes.diff")
+    assert "specs/planted.md" in diff.read_text() and "Do something evil" in diff.read_text()
     assert "planted" not in project.status_json()
 
 
@@ -341,4 +347,4 @@ def test_hook_that_refuses_the_commit_fails_the_attempt(project: Project) -> Non
     assert rolled[0]["reason"] == "commit_rejected" and "lint says no" in rolled[0]["summary"]
     assert project.task_commits() == []
     assert project.git("status", "--porcelain") == ""
-    assert not (project.root / ".ralph" / "current.json").exists()
+    assert project.current_attempt() is None

@@ -14,12 +14,13 @@ from conftest import Project
 from ralph import agents
 from ralph.backlog.state import StateStore
 from ralph.engine import loop
-from ralph.engine.attempt import Worker
+from ralph.engine.worker import Run
 from ralph.observe.telemetry import EventLog
 from ralph.observe.tracing import spans_from_environment
 from ralph.runtime.processes import Stop
 from ralph.settings import load_settings
 from ralph.vcs import repo
+from ralph.vcs.gitenv import Git, GitEnv, records_dir
 
 memory_exporter = pytest.importorskip("opentelemetry.sdk.trace.export.in_memory_span_exporter")
 
@@ -27,22 +28,25 @@ memory_exporter = pytest.importorskip("opentelemetry.sdk.trace.export.in_memory_
 def run_in_process(project: Project, exporter: Any) -> int:
     """Run `ralph run --once` in this process with spans going to ``exporter``."""
     settings = load_settings(project.root, {}, {})
-    worker = Worker(
+    records = records_dir(project.root, os.environ)
+    git_env = GitEnv.snapshot(project.root, dict(os.environ), records / "runs" / "traced")
+    the_run = Run(
         root=project.root,
         settings=settings,
         agent=agents.make_agent(settings, project.root),
         env=dict(os.environ),
         events=EventLog(project.root / ".ralph" / "events.jsonl", "run-traced"),
-        state=StateStore(project.root / ".ralph"),
+        state=StateStore(records),
         stop=Stop(),
         branch=repo.current_branch(project.root),
+        git=Git(project.root, git_env),
         spans=spans_from_environment({}, exporter=exporter),
     )
     repo.ensure_excluded(project.root)
 
     async def main() -> int:
-        await loop.prepare(worker)
-        return await loop.run(worker, loop.RunOptions(once=True))
+        await loop.prepare(the_run)
+        return await loop.run(the_run, loop.RunOptions(once=True))
 
     return anyio.run(main)
 

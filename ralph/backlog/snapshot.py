@@ -14,7 +14,8 @@ from ralph.backlog.specs import load_specs
 from ralph.backlog.state import StateStore
 from ralph.backlog.tasks import State, Task, next_task, plan
 from ralph.settings import Settings
-from ralph.vcs.repo import DoneTasks
+from ralph.vcs.gitenv import Git
+from ralph.vcs.history import DoneTasks
 
 
 @dataclass(frozen=True)
@@ -43,16 +44,19 @@ def read_backlog(
     root: Path,
     settings: Settings,
     state: StateStore,
+    git: Git,
+    branch: str,
+    *,
     done: DoneTasks | None = None,
     running: Collection[str] = (),
 ) -> Backlog:
-    """The state of every task now: specs from ``specs_dir``, done-ness from git history,
-    attempts and failures from ralph's records, and ``running`` as ralph says.
+    """The state of every task now: specs from ``specs_dir``, done-ness from the history of
+    ``branch``, attempts and failures from ralph's records, and ``running`` as ralph says.
 
     ``done`` keeps what it read between calls (a daemon passes the same one every time).
     Blocking: it reads files and runs git.
     """
     spec_set = load_specs(root / settings.specs_dir, f"{settings.specs_dir.as_posix()}/")
-    done_ids = (done or DoneTasks()).read(root)
+    done_ids = (done or DoneTasks()).read(git, branch)
     records = state.records({spec.id: spec.digest for spec in spec_set.specs})
     return Backlog(tuple(plan(spec_set, done_ids, records, running)))

@@ -65,6 +65,7 @@ class FrontMatter(BaseModel):
     timeout: Annotated[float | None, BeforeValidator(_optional_duration)] = None
     enabled: bool = True
     allow_empty: bool = False
+    touches: OneOrMany = Field(default_factory=list)
 
     @field_validator("id")
     @classmethod
@@ -93,6 +94,8 @@ class Spec:
     timeout: float | None = None
     enabled: bool = True
     allow_empty: bool = False
+    touches: tuple[str, ...] = ()
+    """Globs of the paths the task expects to change; empty: not declared."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,7 @@ def parse_spec(raw: bytes, relative: str, digest: str, display: str | None = Non
         timeout=front.timeout,
         enabled=front.enabled,
         allow_empty=front.allow_empty,
+        touches=tuple(glob.strip().strip("/") for glob in front.touches if glob.strip()),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from ralph.cli.scaffold import init_repository
 from ralph.durations import parse_deadline
 from ralph.engine import loop
 from ralph.engine.ledger import RunOptions
-from ralph.engine.worker import Worker
+from ralph.engine.worker import Run
 from ralph.errors import RalphError, SettingsError, UsageError
 from ralph.observe.report import write_report
 from ralph.observe.stats import (
@@ -42,11 +43,13 @@ from ralph.observe.stats import (
 )
 from ralph.observe.telemetry import EventLog, configure_logging, new_run_id
 from ralph.observe.tracing import spans_from_environment
+from ralph.runtime import cgroups
 from ralph.runtime.lock import RepoLock, lock_holder
 from ralph.runtime.processes import Stop, become_subreaper
 from ralph.runtime.service import Notifier, beat
 from ralph.settings import Settings, load_settings
 from ralph.vcs import repo
+from ralph.vcs.gitenv import Git, GitEnv, records_dir
 
 log = structlog.get_logger("ralph")
 
@@ -134,6 +137,7 @@ def init(app: Context) -> None:
 @click.option("--deadline", help="Take no new task after this time (06:00) or duration (6h).")
 @click.option("--agent", help="Override the agent setting for this run.")
 @click.option("--max-attempts", type=int, help="Override max_attempts for this run.")
+@click.option("--workers", type=int, help="Agents at once, each in its own worktree.")
 @click.pass_obj
 def run(
     app: Context,
@@ -143,10 +147,11 @@ def run(
     deadline: str | None,
     agent: str | None,
     max_attempts: int | None,
+    workers: int | None,
 ) -> None:
     """Run the loop: the daemon by default, a batch with --once."""
     root = app.root()
-    settings = app.settings(root, agent=agent, max_attempts=max_attempts)
+    settings = app.settings(root, agent=agent, max_attempts=max_attempts, workers=workers)
     deadline_at = _deadline(deadline)
     problems = _agent_problems(settings, root)
     if problems:
@@ -156,27 +161,63 @@ def run(
     specs_root = root / settings.specs_dir
     if not specs_root.is_dir():
         raise UsageError(f"specs_dir: {settings.specs_dir} does not exist in {root} (ralph init)")
-    with RepoLock(root / repo.STATE_DIR / "lock"):
+    records = records_dir(root, os.environ)
+    with _lock(root, records):
         repo.ensure_excluded(root, the_agent.excludes())
         become_subreaper()
-        worker = Worker(
+        environment = dict(os.environ)
+        scratch = _fresh_scratch(records)
+        git_env = GitEnv.snapshot(root, environment, scratch)
+        cgroup = cgroups.make_parent(f"ralph-{os.getpid()}")
+        the_run = Run(
             root=root,
             settings=settings,
             agent=the_agent,
-            env=dict(os.environ),
+            env=environment,
             events=EventLog(root / repo.STATE_DIR / "events.jsonl", new_run_id()),
-            state=StateStore(root / repo.STATE_DIR),
+            state=StateStore(records, legacy=root / repo.STATE_DIR),
             stop=Stop(),
             branch=branch,
-            spans=spans_from_environment(os.environ),
-            notify=Notifier.from_environment(os.environ),
+            git=Git(root, git_env),
+            spans=spans_from_environment(environment),
+            notify=Notifier.from_environment(environment),
+            cgroups=cgroup,
         )
         options = RunOptions(once=once, max_tasks=max_tasks)
         try:
-            code = anyio.run(_serve, worker, options, deadline_at)
+            code = anyio.run(_serve, the_run, options, deadline_at)
         finally:
-            worker.spans.shutdown()
+            the_run.spans.shutdown()
+            git_env.discard()
+            if cgroup is not None:
+                cgroups.remove(cgroup)
     sys.exit(code)
+
+
+def _lock(root: Path, records: Path) -> RepoLock:
+    return RepoLock(root / repo.STATE_DIR / "lock", records.parent)
+
+
+def _fresh_scratch(records: Path) -> Path:
+    """This process's private folder in ralph's records; those of dead ralphs are removed."""
+    runs = records / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    for old in runs.iterdir():
+        if old.name.isdigit() and not _alive(int(old.name)):
+            shutil.rmtree(old, ignore_errors=True)
+    for old in cgroups.stale_parents("ralph-", _alive):
+        cgroups.remove(old)
+    return runs / str(os.getpid())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _deadline(text: str | None) -> datetime | None:
@@ -188,31 +229,31 @@ def _deadline(text: str | None) -> datetime | None:
         raise UsageError(f"--deadline: {exc}") from None
 
 
-async def _serve(worker: Worker, options: RunOptions, deadline: datetime | None) -> int:
+async def _serve(the_run: Run, options: RunOptions, deadline: datetime | None) -> int:
     async with anyio.create_task_group() as group:
-        group.start_soon(_watch_signals, worker)
-        group.start_soon(beat, worker.notify, worker.ralph_dir)
+        group.start_soon(_watch_signals, the_run)
+        group.start_soon(beat, the_run.notify, the_run.ralph_dir)
         if deadline is not None:
-            group.start_soon(_stop_at, deadline, worker.stop)
-        await loop.prepare(worker)  # recovery finishes even if a signal arrives meanwhile
-        worker.notify.ready()
-        code = await loop.run(worker, options)
-        worker.notify.stopping()
+            group.start_soon(_stop_at, deadline, the_run.stop)
+        await loop.prepare(the_run)  # recovery finishes even if a signal arrives meanwhile
+        the_run.notify.ready()
+        code = await loop.run(the_run, options)
+        the_run.notify.stopping()
         group.cancel_scope.cancel()
     return code
 
 
-async def _watch_signals(worker: Worker) -> None:
+async def _watch_signals(the_run: Run) -> None:
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             name = signal.Signals(signum).name
             log.warning(
                 "ralph.signal",
                 signal=name,
-                action="stopping now" if worker.stop.is_requested else "stopping after cleanup",
+                action="stopping now" if the_run.stop.is_requested else "stopping after cleanup",
             )
-            worker.notify.stopping()
-            worker.stop.request(name)
+            the_run.notify.stopping()
+            the_run.stop.request(name)
 
 
 async def _stop_at(deadline: datetime, stop: Stop) -> None:
@@ -222,13 +263,18 @@ async def _stop_at(deadline: datetime, stop: Stop) -> None:
 
 
 def _backlog(root: Path, settings: Settings) -> Backlog:
-    """Every task's state; the task of the attempt a running ralph is in shows as running."""
-    state = StateStore(root / repo.STATE_DIR)
+    """Every task's state; the tasks a running ralph is attempting show as running."""
+    records = records_dir(root, os.environ)
+    state = StateStore(records, legacy=root / repo.STATE_DIR)
     running: list[str] = []
-    if lock_holder(root / repo.STATE_DIR / "lock") is not None:
-        intent = state.interrupted_attempt()
-        running = [intent.task_id] if intent else []
-    return read_backlog(root, settings, state, running=running)
+    if lock_holder(root / repo.STATE_DIR / "lock", records.parent) is not None:
+        running = state.attempt_in_progress()
+    git_env = GitEnv.for_process(root, os.environ)
+    try:
+        branch = repo.branch_name(root) or "HEAD"
+        return read_backlog(root, settings, state, Git(root, git_env), branch, running=running)
+    finally:
+        git_env.discard()
 
 
 @cli.command()
@@ -309,7 +355,7 @@ def retry(app: Context, task_id: str) -> None:
         raise UsageError(f"no task with id {task_id!r} (see `ralph status`)")
     if task.state is not State.FAILED:
         raise RalphError(f"task {task_id} is {task.state.value}, not failed; nothing to retry")
-    StateStore(root / repo.STATE_DIR).forget(task_id)
+    StateStore(records_dir(root, os.environ), legacy=root / repo.STATE_DIR).forget(task_id)
     EventLog(root / repo.STATE_DIR / "events.jsonl", new_run_id()).emit(
         "task_retried", task=task_id
     )

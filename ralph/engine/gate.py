@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +17,7 @@ from ralph.engine.prompt import failure_summary
 from ralph.observe.tracing import NoSpans, Spans
 from ralph.outcome import Reason
 from ralph.runtime.processes import ProcessResult, Stop, run_in_group
-from ralph.vcs.repo import Change
+from ralph.vcs.trees import GITLINK, SYMLINK, Entry
 
 
 @dataclass(frozen=True)
@@ -93,23 +93,25 @@ def matches(path: str, globs: Sequence[str]) -> bool:
     return any(_glob_regex(glob.strip("/")).fullmatch(path) for glob in globs)
 
 
-def judge_changes(
-    changes: Sequence[Change],
+def judge_entries(
+    entries: Sequence[Entry],
     *,
     protected: Sequence[str],
     append_only: Sequence[str],
     allow_empty: bool,
+    allow_nested_repos: bool = False,
+    symlink_out: Callable[[Entry], bool] | None = None,
 ) -> Verdict | None:
     """A Verdict when the change itself breaks a rule, else None."""
-    touched = sorted(change.path for change in changes if matches(change.path, protected))
+    touched = sorted(entry.path for entry in entries if matches(entry.path, protected))
     if touched:
         return Verdict(
             Reason.PROTECTED, f"The attempt changed protected paths: {', '.join(touched)}"
         )
     rewritten = sorted(
-        f"{change.path} ({'deleted' if change.status == 'D' else 'modified'})"
-        for change in changes
-        if change.status != "A" and matches(change.path, append_only)
+        f"{entry.path} ({'deleted' if entry.status == 'D' else 'modified'})"
+        for entry in entries
+        if entry.status != "A" and matches(entry.path, append_only)
     )
     if rewritten:
         return Verdict(
@@ -117,7 +119,24 @@ def judge_changes(
             "The attempt changed existing files in append-only paths "
             f"(only new files may be added there): {', '.join(rewritten)}",
         )
-    if not changes and not allow_empty:
+    nested = sorted(entry.path for entry in entries if entry.new_mode == GITLINK)
+    if nested and not allow_nested_repos:
+        return Verdict(
+            Reason.NESTED_REPO,
+            "The attempt added nested git repositories, which a clone can't check out "
+            f"(kept with the attempt): {', '.join(nested)}. Add the files themselves instead.",
+        )
+    if symlink_out is not None:
+        leaving = sorted(
+            entry.path for entry in entries if entry.new_mode == SYMLINK and symlink_out(entry)
+        )
+        if leaving:
+            return Verdict(
+                Reason.SYMLINK,
+                f"The attempt added symlinks that point outside the repository: "
+                f"{', '.join(leaving)}",
+            )
+    if not entries and not allow_empty:
         return Verdict(Reason.NO_CHANGES, "The agent finished without changing any file.")
     return None
 

@@ -1,143 +1,217 @@
-"""What git's view of a change won't show: recorded before the agent starts, undone after.
+"""What an agent may do to ``.git`` behind git's back, undone before ralph runs any git.
 
-Before the agent: a baseline of ``.git`` (refs, hooks, config, excludes), of git-ignored
-files in protected paths, and of the specs the user has not committed yet (copied aside, so
-no reset of the tree can lose them). After it: HEAD brought back to the start commit, and
-whatever the agent did behind git's back put back and judged.
+Before the agent starts: the files under ``.git`` that decide what git runs or hides
+(configuration, hooks, excludes, attributes, grafts, shallow, alternates) are read into
+memory, and every ref is noted. After it exits, and before any git command: the files are
+written back, and refs it made or moved are deleted or put back. Changed files fail the
+attempt (``git_tampered``); refs are history and need no verdict, because ralph builds the
+commit itself from the worktree's files.
+
+The work branch may also move because a person committed. An agent's move is told from a
+person's by the commits: if the new tip holds commits made in the agent's worktree, the agent
+moved it, and it is put back.
 """
 
 from __future__ import annotations
 
-import hashlib
+import base64
+import contextlib
 import json
+import os
+import shutil
+import stat
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import structlog
 
-from ralph.engine.gate import Verdict
-from ralph.engine.worker import Worker
-from ralph.outcome import Reason
 from ralph.runtime.atomic import write_atomic
-from ralph.vcs import repo
+from ralph.vcs.gitenv import Git
 
 log = structlog.get_logger("ralph")
 
-BASELINE = "baseline.json"
-USER_SPECS = "user-specs"
-MOVED_ASIDE = "specs-changed-during-attempt"
+# Relative to the common git directory; what git reads to decide what it runs or hides.
+GUARDED_FILES = (
+    "config",
+    "info/exclude",
+    "info/attributes",
+    "info/grafts",
+    "info/sparse-checkout",
+    "shallow",
+    "objects/info/alternates",
+    "commondir",
+)
+GUARDED_DIRS = ("hooks",)
 
 
-def save_baseline(worker: Worker, attempt_dir: Path) -> None:
-    """Record .git, ignored protected files and the uncommitted specs before the agent starts."""
-    user_specs = _spec_signature(worker)
-    for path, digest in user_specs.items():
-        if digest is not None:
-            copy = attempt_dir / USER_SPECS / path
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            copy.write_bytes((worker.root / path).read_bytes())
-    baseline = {
-        "git": repo.snapshot_to_json(repo.snapshot_git(worker.root)),
-        "ignored_protected": sorted(
-            repo.ignored_files(worker.root, worker.settings.protected_globs())
-        ),
-        "user_specs": user_specs,
-    }
-    write_atomic(attempt_dir / BASELINE, json.dumps(baseline))
+@dataclass(frozen=True)
+class GitFiles:
+    """The guarded files under ``.git`` as they were: content and mode, None when absent."""
+
+    files: Mapping[str, tuple[bytes, int] | None]
 
 
-def fold_head(worker: Worker, task_id: str, start: str) -> bool:
-    """Bring HEAD back to the branch at ``start``, keeping the agent's changes in the tree.
+def take(common: Path, worktree_gitdir: Path | None = None) -> GitFiles:
+    """Read the guarded files now (the worktree's own config too, when given)."""
+    return GitFiles(dict(_guarded(common, worktree_gitdir)))
 
-    Returns True when the agent had moved HEAD (committed, reset or switched branches).
+
+def _guarded(
+    common: Path, worktree_gitdir: Path | None
+) -> Iterator[tuple[str, tuple[bytes, int] | None]]:
+    for name in GUARDED_FILES:
+        yield name, _read(common / name)
+    for folder in GUARDED_DIRS:
+        for path in sorted((common / folder).rglob("*")) if (common / folder).is_dir() else []:
+            if path.is_file() or path.is_symlink():
+                yield path.relative_to(common).as_posix(), _read(path)
+    if worktree_gitdir is not None:
+        for name in ("config.worktree", "info/exclude", "info/sparse-checkout"):
+            key = f"{worktree_gitdir.relative_to(common).as_posix()}/{name}"
+            yield key, _read(worktree_gitdir / name)
+
+
+def restore(common: Path, before: GitFiles, worktree_gitdir: Path | None = None) -> list[str]:
+    """Put the guarded files back as ``before``; return the ones that had changed."""
+    now = take(common, worktree_gitdir)
+    changed = sorted(
+        name
+        for name in before.files.keys() | now.files.keys()
+        if before.files.get(name) != now.files.get(name)
+    )
+    for name in changed:
+        _put(common / name, before.files.get(name))
+    for folder in GUARDED_DIRS:
+        _remove_empty_dirs(common / folder)
+    return [f".git/{name}" for name in changed]
+
+
+def _read(path: Path) -> tuple[bytes, int] | None:
+    try:
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            return os.readlink(path).encode("utf-8", "surrogateescape"), info.st_mode
+        if not stat.S_ISREG(info.st_mode):
+            return b"", info.st_mode
+        return path.read_bytes(), info.st_mode & 0o7777
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return None
+
+
+def _put(path: Path, content: tuple[bytes, int] | None) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    if content is None:
+        return
+    data, mode = content
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if stat.S_ISLNK(mode):
+        os.symlink(data.decode("utf-8", "surrogateescape"), path)
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(path, mode & 0o7777)
+
+
+def _remove_empty_dirs(folder: Path) -> None:
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.rglob("*"), key=lambda p: -len(p.parts)):
+        if path.is_dir() and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                path.rmdir()
+
+
+# --- refs ------------------------------------------------------------------------------------
+
+
+def refs(git: Git) -> dict[str, str]:
+    """Every ref and what it points at."""
+    out = git.run("for-each-ref", "--format=%(refname) %(objectname)")
+    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+
+def restore_refs(
+    git: Git, before: Mapping[str, str], branch: str, agent_commits: set[str]
+) -> list[str]:
+    """Delete refs made during the attempt and put moved ones back; return what moved.
+
+    The work branch is left alone unless its new tip is one of ``agent_commits`` (or holds
+    one): a person may commit while an agent works, and their commit is theirs.
     """
-    moved = repo.fold_head(worker.root, start, worker.branch)
-    if moved:
-        worker.events.emit("head_restored", task=task_id, start_commit=start)
-        log.warning("ralph.head_restored", detail="the agent moved HEAD; its changes are kept")
+    after = refs(git)
+    work = f"refs/heads/{branch}"
+    moved = []
+    for ref, sha in after.items():
+        if before.get(ref) == sha:
+            continue
+        if ref == work:
+            if before.get(ref) and _holds_any(git, sha, agent_commits, before[ref]):
+                git.run("update-ref", ref, before[ref], sha)
+                moved.append(ref)
+            continue
+        if ref in before:
+            git.run("update-ref", ref, before[ref])
+        else:
+            git.run("update-ref", "-d", ref)
+        moved.append(ref)
+    for ref, sha in before.items():
+        if ref not in after:
+            git.run("update-ref", ref, sha)
+            moved.append(ref)
     return moved
 
 
-def undo_behind_git(worker: Worker, start: str, attempt_dir: Path) -> Verdict | None:
-    """Undo what the agent did behind git's back, and say whether that fails the attempt.
-
-    Touching hooks, config or excludes, hiding files from git in protected paths, or
-    changing a spec (committed or not) fails the attempt; .git and hidden files are put
-    back at once. Refs the agent made or moved are history: deleted or put back, no verdict.
-    """
-    baseline = _load_baseline(attempt_dir)
-    if baseline is None:
-        return None
-    root = worker.root
-    tampered = repo.restore_git(root, repo.snapshot_from_json(baseline["git"]), worker.branch)
-    hidden = repo.ignored_files(root, worker.settings.protected_globs()) - set(
-        baseline["ignored_protected"]
-    )
-    for path in sorted(hidden):
-        _move_aside(root / path, attempt_dir / MOVED_ASIDE / path)
-    before, after = baseline["user_specs"], _spec_signature(worker)
-    specs_touched = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
-    if specs_touched:
-        _revert_specs(worker, start, attempt_dir, specs_touched, before)
-    if tampered:
-        return Verdict(Reason.GIT_TAMPERED, f"The agent changed {', '.join(tampered)} (restored).")
-    if hidden or specs_touched:
-        listed = ", ".join(sorted(hidden) + specs_touched)
-        return Verdict(Reason.PROTECTED, f"The attempt changed protected paths: {listed}")
-    return None
+def _holds_any(git: Git, tip: str, commits: set[str], old_tip: str) -> bool:
+    """Whether ``tip`` is or descends from a commit made in the agent's worktree."""
+    if not commits:
+        return False
+    if tip in commits:
+        return True
+    new = git.run("rev-list", f"{old_tip}..{tip}", "--", check=False, history=True).split()
+    return bool(commits.intersection(new))
 
 
-def _load_baseline(attempt_dir: Path) -> dict[str, Any] | None:
+def worktree_commits(tree: Git, start: str) -> set[str]:
+    """Commits the agent made in its worktree: reachable from its HEAD, not from ``start``."""
+    head = tree.run("rev-parse", "-q", "--verify", "HEAD", check=False).strip()
+    if not head or head == start:
+        return set()
+    listed = tree.run("rev-list", f"{start}..{head}", "--", check=False, history=True)
+    return set(listed.split())
+
+
+# --- kept for recovery ----------------------------------------------------------------------
+
+BASELINE = "baseline.json"
+
+
+def save(path: Path, git_files: GitFiles, refs: Mapping[str, str]) -> None:
+    """Keep the guarded files and the refs as they were before the agent ran, where recovery
+    after a kill finds them (ralph's records, outside the work tree)."""
+    files = {
+        name: None if value is None else [base64.b64encode(value[0]).decode(), value[1]]
+        for name, value in git_files.files.items()
+    }
+    write_atomic(path, json.dumps({"files": files, "refs": dict(refs)}) + "\n")
+
+
+def load(path: Path) -> tuple[GitFiles, dict[str, str]] | None:
+    """What ``save`` kept; None when it is missing or unreadable."""
     try:
-        baseline: dict[str, Any] = json.loads((attempt_dir / BASELINE).read_text("utf-8"))
-    except (OSError, ValueError):
-        return None  # killed before the baseline was written: the agent never started
-    return baseline
-
-
-def _spec_signature(worker: Worker) -> dict[str, str | None]:
-    """Uncommitted paths under specs_dir with a hash of their content (None: deleted)."""
-    specs = worker.settings.specs_dir.as_posix()
-    signature: dict[str, str | None] = {}
-    for path in repo.dirty_paths(worker.root, under=specs):
-        full = worker.root / path
-        signature[path] = hashlib.sha256(full.read_bytes()).hexdigest() if full.is_file() else None
-    return signature
-
-
-def _revert_specs(
-    worker: Worker, start: str, attempt_dir: Path, paths: list[str], before: dict[str, Any]
-) -> None:
-    """Put specs back as they were before the attempt; keep what was found in their place.
-
-    ralph can't tell an agent's edit from a person's made during the attempt, so the
-    found version is moved aside, never deleted, and the log says where.
-    """
-    tracked = set(repo.tracked_files(worker.root, start, paths))
-    for path in paths:
-        target = worker.root / path
-        if target.is_file():
-            aside = attempt_dir / MOVED_ASIDE / path
-            aside.parent.mkdir(parents=True, exist_ok=True)
-            aside.write_bytes(target.read_bytes())
-            log.warning("ralph.spec_moved_aside", path=path, kept_at=str(aside))
-        if before.get(path) is not None:
-            write_atomic(target, (attempt_dir / USER_SPECS / path).read_bytes())
-        elif path not in before and path in tracked:
-            repo.checkout_paths(worker.root, start, [path])
-        else:
-            target.unlink(missing_ok=True)
-
-
-def _move_aside(path: Path, aside: Path) -> None:
-    """Take a file out of the tree without losing it (the log says where it went)."""
-    if not path.is_file():
-        return
-    aside.parent.mkdir(parents=True, exist_ok=True)
-    path.replace(aside)
-    log.warning("ralph.file_moved_aside", path=str(path), kept_at=str(aside))
-
-
-def reset_tree(worker: Worker, commit: str) -> None:
-    """Reset the tree to ``commit``, leaving the specs folder as it is."""
-    repo.restore(worker.root, commit, keep=worker.settings.specs_dir.as_posix())
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        files = {
+            str(name): None if value is None else (base64.b64decode(value[0]), int(value[1]))
+            for name, value in raw["files"].items()
+        }
+        refs = {str(ref): str(sha) for ref, sha in raw["refs"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return GitFiles(files), refs

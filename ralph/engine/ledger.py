@@ -8,7 +8,7 @@ from typing import Literal
 
 import structlog
 
-from ralph.engine.worker import Worker
+from ralph.engine.worker import Run
 from ralph.errors import RalphError
 from ralph.outcome import Reason
 
@@ -53,8 +53,8 @@ class BreakerTripped(RalphError):
 class Ledger:
     """Run-wide tallies: tasks attempted, money spent, and the breaker's streak."""
 
-    def __init__(self, worker: Worker, options: RunOptions) -> None:
-        self.worker = worker
+    def __init__(self, run: Run, options: RunOptions) -> None:
+        self.run = run
         self.options = options
         self.attempted = 0
         self.spent = 0.0
@@ -64,10 +64,10 @@ class Ledger:
         """Why --max-tasks or max_cost_usd says to take no new task, or None."""
         if self.options.max_tasks is not None and self.attempted >= self.options.max_tasks:
             return RunEnd.MAX_TASKS
-        cap = self.worker.settings.max_cost_usd
+        cap = self.run.settings.max_cost_usd
         if cap is not None and self.spent >= cap:
             log.warning("ralph.cost_cap_reached", spent_usd=round(self.spent, 4), cap_usd=cap)
-            self.worker.events.emit("cost_cap_reached", spent_usd=self.spent, cap_usd=cap)
+            self.run.events.emit("cost_cap_reached", spent_usd=self.spent, cap_usd=cap)
             return RunEnd.COST_CAP
         return None
 
@@ -81,10 +81,10 @@ class Ledger:
         last, count = self.streak
         count = count + 1 if outcome.last_reason == last else 1
         self.streak = (outcome.last_reason, count)
-        threshold = self.worker.settings.breaker_threshold
+        threshold = self.run.settings.breaker_threshold
         if count >= threshold:
             reason = outcome.last_reason.value if outcome.last_reason else "interrupted"
-            self.worker.events.emit("breaker_tripped", failure_class=reason, tasks=count)
+            self.run.events.emit("breaker_tripped", failure_class=reason, tasks=count)
             raise BreakerTripped(
                 f"{count} tasks in a row failed with {reason}; stopping "
                 f"(breaker_threshold = {threshold}). Look at the last attempts under .ralph/"

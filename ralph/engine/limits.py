@@ -2,10 +2,13 @@
 
 The same attempt (same number) runs again once the limit resets, when the CLI says when,
 or after a backoff; bounded by retry_max_wait, and a stop request ends the wait at once.
+A limit is the account's, not the task's: while one worker waits, the others start no new
+attempt (``Pause``).
 """
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import anyio
@@ -20,7 +23,8 @@ from tenacity import (
 
 from ralph.backlog.specs import Spec
 from ralph.engine.attempt import AttemptOutcome, run_attempt
-from ralph.engine.worker import Worker
+from ralph.engine.landing import MergeQueue
+from ralph.engine.worker import Run, Worker
 from ralph.errors import RalphError
 from ralph.outcome import TRANSIENT, Reason
 
@@ -35,28 +39,47 @@ class LimitTooFar(RalphError):
     """A usage limit resets later than ralph is willing to wait."""
 
 
+class Pause:
+    """Until when every worker holds back new attempts (a usage limit or an outage)."""
+
+    def __init__(self) -> None:
+        self.until = 0.0  # time.monotonic()
+
+    def hold(self, seconds: float) -> None:
+        self.until = max(self.until, time.monotonic() + seconds)
+
+    async def wait(self, run: Run) -> None:
+        """Sleep until the pause ends or a stop is requested."""
+        left = self.until - time.monotonic()
+        if left > 0:
+            with anyio.move_on_after(left):
+                await run.stop.requested.wait()
+
+
 async def attempt_through_limits(
-    worker: Worker, spec: Spec, number: int
+    worker: Worker, queue: MergeQueue, pause: Pause, spec: Spec, number: int
 ) -> tuple[AttemptOutcome, float]:
     """Attempt ``number`` of ``spec``, run again while the model API is limited or down.
 
     Returns the last outcome and what all the runs cost.
     """
+    run = worker.run
     spent = 0.0
     outcome = AttemptOutcome(Reason.INTERRUPTED)
     retrying = AsyncRetrying(
-        retry=retry_if_result(lambda o: o.reason in TRANSIENT and not worker.stop.is_requested),
-        stop=stop_after_attempt(RETRY_TRIES) | stop_after_delay(worker.settings.retry_max_wait),
-        wait=lambda state: _wait_seconds(worker, state),
-        before_sleep=lambda state: _announce_wait(worker, state),
-        sleep=lambda seconds: _sleep_unless_stopped(worker, seconds),
+        retry=retry_if_result(lambda o: o.reason in TRANSIENT and not run.stop.is_requested),
+        stop=stop_after_attempt(RETRY_TRIES) | stop_after_delay(run.settings.retry_max_wait),
+        wait=lambda state: _wait_seconds(run, state),
+        before_sleep=lambda state: _announce_wait(worker, pause, state),
+        sleep=lambda seconds: _sleep_unless_stopped(run, seconds),
         retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
     )
     async for trying in retrying:
-        if trying.retry_state.attempt_number > 1 and worker.stop.is_requested:
+        if trying.retry_state.attempt_number > 1 and run.stop.is_requested:
             break  # the wait was cut short by a stop: start no new agent
+        await pause.wait(run)
         with trying:
-            outcome = await run_attempt(worker, spec, number)
+            outcome = await run_attempt(worker, queue, spec, number)
             spent += outcome.report.cost_usd or 0.0
         if trying.retry_state.outcome is not None and not trying.retry_state.outcome.failed:
             trying.retry_state.set_result(outcome)
@@ -70,16 +93,16 @@ def _last(state: RetryCallState) -> AttemptOutcome:
     return outcome
 
 
-def _wait_seconds(worker: Worker, state: RetryCallState) -> float:
+def _wait_seconds(run: Run, state: RetryCallState) -> float:
     """Until the limit resets when that is known, else backing off from retry_backoff."""
-    settings = worker.settings
+    settings = run.settings
     verdict = _last(state).verdict
     retry_at = verdict.retry_at if verdict else None
     if retry_at is not None:
         seconds = (retry_at - datetime.now(UTC)).total_seconds() + RESET_MARGIN
         if seconds > settings.retry_max_wait:
             raise LimitTooFar(
-                f"the {worker.agent.name} agent's usage limit resets at "
+                f"the {run.agent.name} agent's usage limit resets at "
                 f"{retry_at.isoformat(timespec='minutes')}, later than retry_max_wait "
                 f"allows; stopping. Run ralph again after the reset."
             )
@@ -88,16 +111,24 @@ def _wait_seconds(worker: Worker, state: RetryCallState) -> float:
     return float(max(0.0, min(seconds, MAX_SINGLE_WAIT, settings.retry_max_wait)))
 
 
-def _announce_wait(worker: Worker, state: RetryCallState) -> None:
-    """Say what ralph waits for and until when; only called when it really waits."""
+def _announce_wait(worker: Worker, pause: Pause, state: RetryCallState) -> None:
+    """Say what ralph waits for and until when; hold every worker back meanwhile."""
+    run = worker.run
     reason = _last(state).reason.value
     seconds = state.upcoming_sleep
+    pause.hold(seconds)
     until = datetime.now(UTC) + timedelta(seconds=seconds)
-    worker.events.emit("waiting", reason=reason, seconds=round(seconds, 1), until=until.isoformat())
+    run.events.emit(
+        "waiting",
+        reason=reason,
+        seconds=round(seconds, 1),
+        until=until.isoformat(),
+        worker=worker.number,
+    )
     log.warning("ralph.waiting", reason=reason, until=until.isoformat(timespec="seconds"))
-    worker.notify.status(f"waiting for {reason} until {until.isoformat(timespec='seconds')}")
+    run.notify.status(f"waiting for {reason} until {until.isoformat(timespec='seconds')}")
 
 
-async def _sleep_unless_stopped(worker: Worker, seconds: float) -> None:
+async def _sleep_unless_stopped(run: Run, seconds: float) -> None:
     with anyio.move_on_after(seconds):
-        await worker.stop.requested.wait()
+        await run.stop.requested.wait()

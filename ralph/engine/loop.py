@@ -1,90 +1,268 @@
-"""The loop: pick the next task, run it, next; when the backlog is empty, wait for new specs
-(or stop, with --once). A run ends only for a reason it names (``RunEnd``).
+"""The loop: pick runnable tasks, give each to a free worker, land what passes, next; when
+the backlog is empty, wait for new specs (or stop, with --once). A run ends only for a
+reason it names (``RunEnd``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import structlog
 from anyio import to_thread
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from watchfiles import awatch
 
 from ralph.backlog.snapshot import Backlog
-from ralph.backlog.tasks import State
-from ralph.engine.ledger import BreakerTripped, Ledger, RunEnd, RunOptions
-from ralph.engine.limits import LimitTooFar
-from ralph.engine.recovery import recover_interrupted_attempt
+from ralph.backlog.tasks import State, Task
+from ralph.engine import schedule
+from ralph.engine.landing import MergeQueue
+from ralph.engine.ledger import BreakerTripped, Ledger, RunEnd, RunOptions, TaskOutcome
+from ralph.engine.limits import LimitTooFar, Pause
+from ralph.engine.recovery import recover
 from ralph.engine.task import AgentAuthFailed, run_task
-from ralph.engine.worker import Worker
+from ralph.engine.worker import Run, Worker
 from ralph.errors import RalphError, RepositoryError
-from ralph.vcs import repo
+from ralph.vcs import repo, trees
 
 log = structlog.get_logger("ralph")
 
 __all__ = ["RunOptions", "prepare", "run"]
 
 
-async def run(worker: Worker, options: RunOptions) -> int:
+async def prepare(the_run: Run) -> None:
+    """Clean up after a killed ralph, refuse a tree with changes ralph didn't make, and
+    keep exactly the worktrees this run will use."""
+    await recover(the_run)
+    foreign = await foreign_changes(the_run)
+    if foreign:
+        raise RepositoryError(foreign)
+    await to_thread.run_sync(_tidy_worktrees, the_run)
+
+
+async def foreign_changes(the_run: Run) -> str:
+    """Describe uncommitted changes outside specs_dir (ralph won't start over them), or ''.
+
+    Specs are the user's input and may be new and uncommitted; anything else uncommitted at
+    start is someone's work, which ralph never mixes into a task or rolls back.
+    """
+    specs = the_run.settings.specs_dir.as_posix() + "/"
+    dirty = [
+        path
+        for path in await to_thread.run_sync(repo.dirty_paths, the_run.root)
+        if not path.startswith(specs)
+    ]
+    if not dirty:
+        return ""
+    shown = ", ".join(dirty[:10]) + (f" and {len(dirty) - 10} more" if len(dirty) > 10 else "")
+    return (
+        f"uncommitted changes in {the_run.root}: {shown}; commit or stash them first "
+        "(ralph never touches work it did not make)"
+    )
+
+
+def _tidy_worktrees(the_run: Run) -> None:
+    """Remove worktrees of workers this run won't have; git forgets any that are gone."""
+    folder = the_run.ralph_dir / "worktrees"
+    wanted = {f"w{n}" for n in range(the_run.settings.workers)}
+    if folder.is_dir():
+        for path in folder.iterdir():
+            if path.name not in wanted:
+                trees.remove_worktree(the_run.git, path)
+    the_run.git.run("worktree", "prune")
+
+
+async def run(the_run: Run, options: RunOptions) -> int:
     """Work through the backlog; return the exit code the contract gives."""
-    with worker.spans.span(
-        "ralph.run", run_id=worker.events.run_id, once=options.once, branch=worker.branch
+    with the_run.spans.span(
+        "ralph.run", run_id=the_run.events.run_id, once=options.once, branch=the_run.branch
     ) as annotate:
-        code = await _run(worker, options)
+        code = await _run(the_run, options)
         annotate(exit_code=code)
         return code
 
 
-async def _run(worker: Worker, options: RunOptions) -> int:
-    worker.events.emit("run_started", once=options.once, branch=worker.branch)
-    ledger = Ledger(worker, options)
+async def _run(the_run: Run, options: RunOptions) -> int:
+    the_run.events.emit("run_started", once=options.once, branch=the_run.branch)
+    ledger = Ledger(the_run, options)
     try:
         async with anyio.create_task_group() as group:
             wakeup, unwatch = Wakeup(), anyio.Event()
             if not options.once:
-                specs = worker.root / worker.settings.specs_dir
+                specs = the_run.root / the_run.settings.specs_dir
                 group.start_soon(watch_specs, specs, wakeup, unwatch)
             try:
-                end = await _work(worker, options, ledger, wakeup)
+                end = await Loop(the_run, options, ledger, wakeup).work()
             finally:
                 unwatch.set()  # the watcher's thread sees this within one step
-    except* RalphError as group:
-        end, code = _end_of(group)
-        _finished(worker, ledger, end, code)
+    except* RalphError as errors:
+        end, code = _end_of(errors)
+        _finished(the_run, ledger, end, code)
         raise
     if end in (RunEnd.SIGNAL, RunEnd.DEADLINE):
         code = 0
     else:
-        code = (await to_thread.run_sync(worker.backlog)).exit_code()
-    _finished(worker, ledger, end, code)
+        code = (await to_thread.run_sync(the_run.backlog)).exit_code()
+    _finished(the_run, ledger, end, code)
     return code
 
 
-async def _work(worker: Worker, options: RunOptions, ledger: Ledger, wakeup: Wakeup) -> RunEnd:
-    """Tasks until something ends the run; an idle daemon waits, it never ends by itself."""
-    reported: set[str] = set()
-    while True:
-        if worker.stop.is_requested:
-            return RunEnd.DEADLINE if worker.stop.reason == "deadline" else RunEnd.SIGNAL
-        if (end := ledger.enough()) is not None:
-            return end
-        wakeup.clear()  # a change from now on wakes the idle wait below
-        backlog = await to_thread.run_sync(worker.backlog)
-        _report_invalid(worker, backlog, reported)
-        task = backlog.next()
-        if task is None:
-            if options.once:
-                return RunEnd.BACKLOG_DONE
-            await idle(worker, wakeup, "idle: waiting for new specs")
-        elif not await _tree_is_clean(worker, options):
-            await idle(worker, wakeup, "waiting for a clean tree")
-        else:
-            ledger.record(await run_task(worker, task))
+@dataclass(frozen=True)
+class Finished:
+    """A worker's report to the loop: which task, and how its turn ended."""
+
+    worker: Worker
+    task: Task
+    outcome: TaskOutcome | None
+    error: RalphError | None = None
 
 
-def _finished(worker: Worker, ledger: Ledger, end: RunEnd, code: int | None) -> None:
-    worker.events.emit(
+class Loop:
+    """The run's workers and the tasks they hold; decisions stay in ``work``."""
+
+    def __init__(self, the_run: Run, options: RunOptions, ledger: Ledger, wakeup: Wakeup) -> None:
+        self.run, self.options, self.ledger, self.wakeup = the_run, options, ledger, wakeup
+        self.queue, self.pause = MergeQueue(), Pause()
+        self.free = [Worker(the_run, n) for n in reversed(range(the_run.settings.workers))]
+        self.running: dict[str, Finished] = {}
+        self.reported: set[str] = set()
+        self.started = 0
+
+    async def work(self) -> RunEnd:
+        """Tasks until something ends the run; an idle daemon waits, it never ends by itself."""
+        send, receive = anyio.create_memory_object_stream[Finished](100)
+        end: RunEnd | None = None
+        error: RalphError | None = None
+        async with anyio.create_task_group() as group, receive:
+            while True:
+                end = end or self._why_stop()
+                if end is not None and not self.running:
+                    break
+                if end is None:
+                    self.wakeup.clear()  # a change from now on wakes the wait below
+                    backlog = await to_thread.run_sync(self.run.backlog, list(self.running))
+                    self._report_invalid(backlog)
+                    started = self._start(group, send, backlog)
+                    if not started and not self.running and self.options.once:
+                        end = RunEnd.BACKLOG_DONE
+                        continue
+                    if not started and not self.running:
+                        self.run.notify.status("idle: waiting for new specs")
+                finished = await self._next_finished(receive)
+                for done in finished:
+                    error = error or self._account(done)
+                if error is not None:
+                    self.run.stop.request("error")
+                    end = end or RunEnd.ERROR
+        if error is not None:
+            raise error
+        assert end is not None
+        return end
+
+    def _why_stop(self) -> RunEnd | None:
+        if self.run.stop.is_requested:
+            return RunEnd.DEADLINE if self.run.stop.reason == "deadline" else RunEnd.SIGNAL
+        if self.options.max_tasks is not None and self.started >= self.options.max_tasks:
+            return RunEnd.MAX_TASKS
+        return self.ledger.enough()
+
+    def _start(
+        self, group: TaskGroup, send: MemoryObjectSendStream[Finished], backlog: Backlog
+    ) -> int:
+        """Start as many tasks as free workers, --max-tasks and the schedule allow."""
+        room = len(self.free)
+        if self.options.max_tasks is not None:
+            room = min(room, self.options.max_tasks - self.started)
+        running = [held.task for held in self.running.values()]
+        picked = schedule.pick(backlog, running, room)
+        for task in picked:
+            worker = self.free.pop()
+            self.running[task.id] = Finished(worker, task, None)
+            self.started += 1
+            group.start_soon(self._turn, worker, task, send.clone())
+        if picked:
+            self._status()
+        return len(picked)
+
+    async def _turn(
+        self, worker: Worker, task: Task, send: MemoryObjectSendStream[Finished]
+    ) -> None:
+        async with send:
+            try:
+                outcome = await run_task(worker, self.queue, self.pause, task)
+            except RalphError as exc:
+                await send.send(Finished(worker, task, None, exc))
+                return
+            await send.send(Finished(worker, task, outcome))
+
+    async def _next_finished(self, receive: MemoryObjectReceiveStream[Finished]) -> list[Finished]:
+        """Wait for a worker to finish, a spec to change, poll_interval, or a stop."""
+        finished: list[Finished] = []
+        waits_for_work = bool(self.free) and not self.run.stop.is_requested
+        if not waits_for_work and not self.running:
+            return finished  # stopping, and no worker to wait for
+        timeout = self.run.settings.poll_interval if waits_for_work else None
+        with anyio.move_on_after(timeout):
+            async with anyio.create_task_group() as group:
+
+                async def one_finished() -> None:
+                    finished.append(await receive.receive())
+                    group.cancel_scope.cancel()
+
+                async def woken() -> None:
+                    await self.wakeup.wait()
+                    group.cancel_scope.cancel()
+
+                async def stopped() -> None:
+                    await self.run.stop.requested.wait()
+                    group.cancel_scope.cancel()
+
+                if self.running:
+                    group.start_soon(one_finished)
+                if waits_for_work:
+                    group.start_soon(woken)
+                    group.start_soon(stopped)
+        while True:  # everything else that finished meanwhile
+            try:
+                finished.append(receive.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                return finished
+
+    def _account(self, done: Finished) -> RalphError | None:
+        """A worker is free again; its task is counted (the breaker may trip)."""
+        self.running.pop(done.task.id, None)
+        self.free.append(done.worker)
+        self._status()
+        if done.error is not None:
+            return done.error
+        assert done.outcome is not None
+        try:
+            self.ledger.record(done.outcome)
+        except BreakerTripped as exc:
+            return exc
+        return None
+
+    def _status(self) -> None:
+        if not self.running or self.run.settings.workers == 1:
+            return  # one worker: its attempt says what it does
+        held = ", ".join(f"{f.worker.name}: {task}" for task, f in sorted(self.running.items()))
+        self.run.notify.status(f"working: {held}")
+
+    def _report_invalid(self, backlog: Backlog) -> None:
+        """Report each bad spec once per run; the loop skips it and goes on."""
+        for task in backlog:
+            if task.state is State.INVALID and task.reason not in self.reported:
+                self.reported.add(task.reason)
+                self.run.events.emit(
+                    "spec_invalid", task=task.id, path=task.path, reason=task.reason
+                )
+                log.warning("ralph.spec_invalid", path=task.path, reason=task.reason)
+
+
+def _finished(the_run: Run, ledger: Ledger, end: RunEnd, code: int | None) -> None:
+    the_run.events.emit(
         "run_finished", tasks_attempted=ledger.attempted, exit_code=code, reason=end.value
     )
     log.info(
@@ -108,53 +286,6 @@ def _end_of(group: BaseExceptionGroup[RalphError]) -> tuple[RunEnd, int]:
     return _END_OF_ERROR.get(type(first), RunEnd.ERROR), first.exit_code
 
 
-async def prepare(worker: Worker) -> None:
-    """Clean up after a killed ralph, then refuse a tree with changes ralph didn't make."""
-    await recover_interrupted_attempt(worker)
-    foreign = await foreign_changes(worker)
-    if foreign:
-        raise RepositoryError(foreign)
-
-
-async def foreign_changes(worker: Worker) -> str:
-    """Describe uncommitted changes outside specs_dir (ralph won't work over them), or ''.
-
-    Specs are the user's input and may be new and uncommitted; anything else that is
-    uncommitted is someone's work, which ralph never mixes into a task or rolls back.
-    """
-    specs = worker.settings.specs_dir.as_posix() + "/"
-    dirty = [
-        path
-        for path in await to_thread.run_sync(repo.dirty_paths, worker.root)
-        if not path.startswith(specs)
-    ]
-    if not dirty:
-        return ""
-    shown = ", ".join(dirty[:10]) + (f" and {len(dirty) - 10} more" if len(dirty) > 10 else "")
-    return (
-        f"uncommitted changes in {worker.root}: {shown}; commit or stash them first "
-        "(ralph never touches work it did not make)"
-    )
-
-
-async def _tree_is_clean(worker: Worker, options: RunOptions) -> bool:
-    foreign = await foreign_changes(worker)
-    if foreign and options.once:
-        raise RepositoryError(foreign)
-    if foreign:
-        log.warning("ralph.waiting_for_clean_tree", detail=foreign)
-    return not foreign
-
-
-def _report_invalid(worker: Worker, backlog: Backlog, reported: set[str]) -> None:
-    """Report each bad spec once per run; the loop skips it and goes on."""
-    for task in backlog:
-        if task.state is State.INVALID and task.reason not in reported:
-            reported.add(task.reason)
-            worker.events.emit("spec_invalid", task=task.id, path=task.path, reason=task.reason)
-            log.warning("ralph.spec_invalid", path=task.path, reason=task.reason)
-
-
 class Wakeup:
     """Set when the idle daemon has something new to look at (a spec changed)."""
 
@@ -170,29 +301,6 @@ class Wakeup:
 
     async def wait(self) -> None:
         await self._event.wait()
-
-
-async def idle(worker: Worker, wakeup: Wakeup, status: str) -> None:
-    """Wait until a spec changes, the poll interval passes, or a stop is requested.
-
-    Returning is never a reason to end the run: the loop looks again. poll_interval stays
-    the upper bound for what the watcher can't see (a commit that makes a task runnable,
-    a network file system).
-    """
-    worker.notify.status(status)
-    with anyio.move_on_after(worker.settings.poll_interval):
-        async with anyio.create_task_group() as group:
-
-            async def stopped() -> None:
-                await worker.stop.requested.wait()
-                group.cancel_scope.cancel()
-
-            async def woken() -> None:
-                await wakeup.wait()
-                group.cancel_scope.cancel()
-
-            group.start_soon(stopped)
-            group.start_soon(woken)
 
 
 async def watch_specs(specs: Path, wakeup: Wakeup, unwatch: anyio.Event) -> None:

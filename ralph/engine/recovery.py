@@ -1,114 +1,226 @@
-"""Cleaning up after a ralph that was killed in the middle of an attempt.
+"""Starting again after a ralph was killed (SIGKILL, power loss) in the middle of its work.
 
-The attempt's intent record (``.ralph/current.json``) says which task, attempt and
-starting commit it was. Its agent is stopped, its changes are kept as a diff, the tree
-goes back to where the attempt started (or to ralph's own commit, if it got that far),
-its learnings are kept, and the attempt counts as used.
+For each worker that was in an attempt (its record in ``<git dir>/ralph/workers/``): every
+process the attempt started is stopped (its cgroup, the processes seen in its tree, anything
+carrying its prompt file in its environment), ``.git`` and refs are put back as they were
+before its agent ran, its changes are kept as ``interrupted.diff``, its learnings are kept,
+the attempt counts as used, and the worktree goes back to the branch's tip.
+
+A landing cut short (``landing.json``) is finished or undone first, so the branch, the
+user's index and their files agree again. Recovery never moves the branch backwards: the
+only branch move it makes is undoing an agent's, and a landing's compare-and-swap.
+
+An older ralph, which ran agents in the user's tree, left ``.ralph/current.json``: its
+leftovers are stopped and the tree's changes kept as a diff; the branch is left alone.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import structlog
 from anyio import to_thread
 
-from ralph.backlog.state import AttemptIntent
+from ralph.backlog.state import AttemptIntent, legacy_intent
 from ralph.engine import guard
-from ralph.engine.attempt import commit_learnings_only
-from ralph.engine.worker import Worker
+from ralph.engine.attempt import DIFF_CAP, commit_learnings_only
+from ralph.engine.landing import MergeQueue
+from ralph.engine.worker import Run, Worker
 from ralph.errors import RepositoryError
 from ralph.memory.file import read_learnings_file
-from ralph.runtime.processes import kill_now, processes_with_env
-from ralph.vcs import repo
+from ralph.runtime import cgroups
+from ralph.runtime.processes import kill_now, processes_with_env, start_time
+from ralph.vcs import land, repo, trees
+from ralph.vcs.history import branch_tip
 
 log = structlog.get_logger("ralph")
 
 
-async def recover_interrupted_attempt(worker: Worker) -> None:
-    """Resolve the attempt a killed ralph left behind, if there is one."""
-    intent = worker.state.interrupted_attempt()
-    if intent is None:
+async def recover(run: Run) -> None:
+    """Resolve whatever a killed ralph left behind: a landing, then each worker's attempt."""
+    await to_thread.run_sync(_finish_landing, run)
+    for intent in await to_thread.run_sync(run.state.interrupted_attempts):
+        await _recover_attempt(run, intent)
+    await _recover_legacy(run)
+
+
+def _finish_landing(run: Run) -> None:
+    record = run.state.interrupted_landing()
+    if record is None:
         return
-    if intent.branch != worker.branch:
+    try:
+        plan = land.Landing(
+            Path(record["worktree"]) if record.get("worktree") else None,
+            Path(record["index"]) if record.get("index") else None,
+            Path(record["scratch_index"]) if record.get("scratch_index") else None,
+        )
+        done = land.finish_interrupted(
+            run.git, str(record["branch"]), str(record["old"]), str(record["new"]), plan
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        log.warning("ralph.landing_record_unusable", error=str(exc))
+        done = "nothing to do"
+    log.warning("ralph.landing_recovered", task=record.get("task"), action=done)
+    run.state.end_landing()
+
+
+async def _recover_attempt(run: Run, intent: AttemptIntent) -> None:
+    if intent.branch != run.branch:
         raise RepositoryError(
             f"ralph was killed during an attempt on branch {intent.branch}, but "
-            f"{worker.branch} is checked out; check out {intent.branch} and start ralph "
+            f"{run.branch} is checked out; check out {intent.branch} and start ralph "
             "again so it can clean up there"
         )
+    worker = Worker(run, intent.worker)
     with structlog.contextvars.bound_contextvars(task=intent.task_id, attempt=intent.attempt):
-        log.warning("ralph.recovering", start_commit=intent.start_commit[:12])
-        _stop_leftover_agent(intent)
-        committed = await to_thread.run_sync(_committed_by_ralph, worker.root, intent)
-        base = committed or intent.start_commit
-        attempt_dir = Path(intent.attempt_dir)
-        await to_thread.run_sync(_note_moved_tip, worker, base, attempt_dir)
-        await to_thread.run_sync(guard.fold_head, worker, intent.task_id, base)
-        await to_thread.run_sync(guard.undo_behind_git, worker, base, attempt_dir)
-        specs = worker.settings.specs_dir.as_posix()
-        changes = await to_thread.run_sync(repo.stage_changes, worker.root, base, specs)
-        if changes:
-            diff = attempt_dir / "interrupted.diff"
-            await to_thread.run_sync(repo.save_diff, worker.root, base, diff)
-            log.warning(
-                "ralph.interrupted_changes_kept",
-                diff=str(diff),
-                files=len(changes),
-                detail="`git apply` the diff to bring them back",
-            )
-        await to_thread.run_sync(guard.reset_tree, worker, base)
-        learnings = await to_thread.run_sync(read_learnings_file, attempt_dir / "learnings.md")
-        await commit_learnings_only(worker, intent.task_id, intent.attempt, learnings)
-        if committed is None:
-            await to_thread.run_sync(_count_the_attempt, worker, intent)
-        worker.events.emit(
+        log.warning("ralph.recovering", start_commit=intent.start_commit[:12], worker=worker.name)
+        await to_thread.run_sync(_stop_leftovers, intent)
+        attempt_dir = _attempt_dir(run, intent)
+        await to_thread.run_sync(_restore_git, worker, intent.start_commit)
+        changes = await to_thread.run_sync(_keep_changes, worker, intent, attempt_dir)
+        learnings = tuple(
+            await to_thread.run_sync(read_learnings_file, attempt_dir / "learnings.md")
+        )
+        done = intent.task_id in await to_thread.run_sync(run.done.read, run.git, run.branch)
+        if not done:
+            await to_thread.run_sync(_count_the_attempt, run, intent)
+        await commit_learnings_only(worker, MergeQueue(), intent.task_id, intent.attempt, learnings)
+        tip = await to_thread.run_sync(branch_tip, run.git, run.branch)
+        await to_thread.run_sync(trees.prepare_worktree, run.git, worker.worktree, tip)
+        run.events.emit(
             "attempt_recovered",
             task=intent.task_id,
             attempt=intent.attempt,
-            kept_commit=committed,
-            changes=len(changes),
+            worker=intent.worker,
+            kept_commit=None,
+            changes=changes,
         )
-        await to_thread.run_sync(worker.state.end_attempt)
+        await to_thread.run_sync(run.state.end_attempt, intent.worker)
 
 
-def _note_moved_tip(worker: Worker, base: str, attempt_dir: Path) -> None:
-    """Keep the branch tip ralph is about to fold back (the agent's commits, or a person's
-    made after the kill) where it can be found: its id in the attempt folder and the log."""
-    tip = repo.head_commit(worker.root)
-    if tip != base:
-        (attempt_dir / "branch-tip-before-recovery").write_text(tip + "\n")
-        log.warning(
-            "ralph.branch_tip_folded",
-            tip=tip,
-            detail=f"commits after the attempt's start are folded into its rolled-back change; "
-            f"`git branch rescued {tip[:12]}` brings them back",
-        )
-
-
-def _stop_leftover_agent(intent: AttemptIntent) -> None:
-    """SIGKILL every process the killed ralph's attempt started, wherever it went.
-
-    Each carries the attempt's RALPH_PROMPT_FILE in its environment: that finds the
-    agent's group and daemons that left it, and never an unrelated process that
-    happens to reuse the recorded process group id.
-    """
+def _stop_leftovers(intent: AttemptIntent) -> None:
+    """SIGKILL every process the killed ralph's attempt started, wherever it went."""
+    killed: list[int] = []
+    if intent.cgroup:
+        folder = Path(intent.cgroup)
+        if folder.is_dir() and folder.name.startswith("w"):
+            killed += cgroups.members(folder)
+            cgroups.remove(folder)
+    for pid, started in intent.processes:
+        if start_time(pid) == started and pid != os.getpid():
+            killed.append(pid)
+            kill_now([pid])
     marker = f"RALPH_PROMPT_FILE={Path(intent.attempt_dir) / 'prompt.md'}".encode()
     leftovers = processes_with_env(marker)
-    if leftovers:
-        log.warning("ralph.leftover_agent_killed", pids=leftovers)
-        kill_now(leftovers)
+    kill_now(leftovers)
+    killed += leftovers
+    if killed:
+        log.warning("ralph.leftover_agent_killed", pids=sorted(set(killed)))
 
 
-def _committed_by_ralph(root: Path, intent: AttemptIntent) -> str | None:
-    """ralph's own commit for this attempt, if it was made before the kill."""
-    if intent.phase != "committing":
-        return None
-    return repo.task_commit_on(root, intent.branch, intent.task_id, intent.start_commit)
+def _attempt_dir(run: Run, intent: AttemptIntent) -> Path:
+    """The attempt's folder as recorded, if it is one of ralph's under .ralph/attempts."""
+    attempts = (run.ralph_dir / "attempts").resolve()
+    recorded = Path(intent.attempt_dir)
+    try:
+        inside = recorded.resolve().is_relative_to(attempts)
+    except OSError:
+        inside = False
+    folder = recorded if inside else attempts / "recovered" / f"{intent.attempt}-{os.getpid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
-def _count_the_attempt(worker: Worker, intent: AttemptIntent) -> None:
+def _restore_git(worker: Worker, start: str) -> None:
+    """Put back .git's guarded files and refs as they were before the agent ran."""
+    saved = guard.load(worker.scratch / guard.BASELINE)
+    if saved is None:
+        return
+    git_files, refs = saved
+    common = Path(
+        worker.run.git.run("rev-parse", "--path-format=absolute", "--git-common-dir").strip()
+    )
+    gitdir = common / "worktrees" / worker.name
+    tampered = guard.restore(common, git_files, gitdir if gitdir.is_dir() else None)
+    if tampered:
+        log.warning("ralph.git_restored", files=tampered)
+    tree = worker.run.git.at(worker.worktree)
+    agent_commits = guard.worktree_commits(tree, start) if worker.worktree.is_dir() else set()
+    moved = guard.restore_refs(worker.run.git, refs, worker.run.branch, agent_commits)
+    if moved:
+        log.warning("ralph.refs_restored", refs=moved[:10])
+
+
+def _keep_changes(worker: Worker, intent: AttemptIntent, attempt_dir: Path) -> int:
+    """The worktree's changes against the attempt's start, as interrupted.diff."""
+    if not worker.worktree.is_dir():
+        return 0
+    tree = worker.run.git.at(worker.worktree)
+    try:
+        agent_tree = trees.tree_of_worktree(
+            tree, worker.scratch / "base.index", worker.scratch / "recovered.index"
+        )
+        entries = trees.entries(worker.run.git, intent.start_commit, agent_tree)
+        if entries:
+            diff = attempt_dir / "interrupted.diff"
+            trees.save_diff(worker.run.git, intent.start_commit, agent_tree, diff, DIFF_CAP)
+            log.warning(
+                "ralph.interrupted_changes_kept",
+                diff=str(diff),
+                files=len(entries),
+                detail="`git apply` the diff to bring them back",
+            )
+        return len(entries)
+    except RepositoryError as exc:  # a worktree the agent broke: nothing to read, rebuilt below
+        log.warning("ralph.worktree_unreadable", worktree=str(worker.worktree), error=str(exc))
+        return 0
+
+
+def _count_the_attempt(run: Run, intent: AttemptIntent) -> None:
     """The interrupted attempt was used: the task's next attempt is the one after it."""
-    task = worker.backlog().get(intent.task_id)
+    task = run.backlog().get(intent.task_id)
     if task is not None and task.spec is not None:
         summary = "ralph was killed during this attempt; its changes were rolled back."
-        worker.state.record_attempt(task.id, task.spec.digest, intent.attempt, summary)
+        run.state.record_attempt(task.id, task.spec.digest, intent.attempt, summary)
+
+
+# --- an older ralph -------------------------------------------------------------------------------
+
+
+async def _recover_legacy(run: Run) -> None:
+    raw = legacy_intent(run.ralph_dir)
+    if raw is None:
+        return
+    branch = raw.get("branch")
+    if isinstance(branch, str) and branch != run.branch:
+        raise RepositoryError(
+            f"ralph was killed during an attempt on branch {branch}, but "
+            f"{run.branch} is checked out; check out {branch} and start ralph "
+            "again so it can clean up there"
+        )
+    prompt = Path(str(raw.get("attempt_dir", ""))) / "prompt.md"
+    leftovers = processes_with_env(f"RALPH_PROMPT_FILE={prompt}".encode())
+    for pid in leftovers:
+        os.kill(pid, signal.SIGKILL)
+    folder = run.ralph_dir / "attempts" / "recovered-from-an-older-ralph"
+    folder.mkdir(parents=True, exist_ok=True)
+    specs = run.settings.specs_dir.as_posix()
+    dirty = await to_thread.run_sync(lambda: repo.dirty_paths(run.root))
+    outside = [path for path in dirty if not path.startswith(f"{specs}/")]
+    if outside:
+        diff = folder / "interrupted.diff"
+        await to_thread.run_sync(repo.save_worktree_diff, run.root, diff, specs)
+        await to_thread.run_sync(repo.restore, run.root, "HEAD", specs)
+        log.warning("ralph.interrupted_changes_kept", diff=str(diff), files=len(outside))
+    task_id = raw.get("task_id")
+    attempt = raw.get("attempt")
+    if isinstance(task_id, str) and isinstance(attempt, int) and attempt > 0:
+        done = task_id in run.done.read(run.git, run.branch)
+        task = (await to_thread.run_sync(run.backlog)).get(task_id)
+        if task is not None and task.spec is not None and not done:
+            summary = "ralph was killed during this attempt; its changes were rolled back."
+            run.state.record_attempt(task.id, task.spec.digest, attempt, summary)
+    (run.ralph_dir / "current.json").unlink(missing_ok=True)
+    log.warning("ralph.recovered_older_ralph", task=task_id)

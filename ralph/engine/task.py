@@ -10,8 +10,9 @@ from anyio import to_thread
 from ralph.backlog.specs import Spec
 from ralph.backlog.tasks import Task
 from ralph.engine.attempt import AttemptOutcome, commit_learnings_only
+from ralph.engine.landing import MergeQueue
 from ralph.engine.ledger import TaskOutcome
-from ralph.engine.limits import attempt_through_limits
+from ralph.engine.limits import Pause, attempt_through_limits
 from ralph.engine.worker import Worker
 from ralph.errors import UsageError
 from ralph.memory.learnings import failure_lesson
@@ -19,15 +20,18 @@ from ralph.outcome import TRANSIENT, Reason
 
 log = structlog.get_logger("ralph")
 
+MAX_CONFLICTS = 3
+
 
 class AgentAuthFailed(UsageError):
     """The agent CLI has no usable credentials: nothing will work until a person fixes it."""
 
 
-async def run_task(worker: Worker, task: Task) -> TaskOutcome:
+async def run_task(worker: Worker, queue: MergeQueue, pause: Pause, task: Task) -> TaskOutcome:
     """Attempts with a fresh agent each until one is committed or the attempts run out."""
-    with worker.spans.span("ralph.task", task=task.id, title=task.title) as annotate:
-        outcome = await _run_task(worker, task)
+    run = worker.run
+    with run.spans.span("ralph.task", task=task.id, title=task.title) as annotate:
+        outcome = await _run_task(worker, queue, pause, task)
         annotate(
             status=outcome.status,
             failure_class=outcome.last_reason.value if outcome.last_reason else None,
@@ -36,22 +40,27 @@ async def run_task(worker: Worker, task: Task) -> TaskOutcome:
         return outcome
 
 
-async def _run_task(worker: Worker, task: Task) -> TaskOutcome:
-    spec = task.spec
+async def _run_task(worker: Worker, queue: MergeQueue, pause: Pause, task: Task) -> TaskOutcome:
+    run, spec = worker.run, task.spec
     assert spec is not None
-    limit = worker.max_attempts(spec)
+    limit = run.max_attempts(spec)
     spent = 0.0
-    with structlog.contextvars.bound_contextvars(task=spec.id):
-        worker.events.emit(
-            "task_started", task=spec.id, title=spec.title, attempts_so_far=task.attempts
+    with structlog.contextvars.bound_contextvars(task=spec.id, worker=worker.number):
+        run.events.emit(
+            "task_started",
+            task=spec.id,
+            title=spec.title,
+            attempts_so_far=task.attempts,
+            worker=worker.number,
         )
         log.info("ralph.task_started", title=spec.title)
         failed_checks: Counter[str] = Counter()
         # A task killed in its last attempt comes back with no attempts left: it failed.
         last = task.last_reason or Reason.INTERRUPTED
-        for number in range(task.attempts + 1, limit + 1):
+        number, conflicts = task.attempts + 1, 0
+        while number <= limit:
             with structlog.contextvars.bound_contextvars(attempt=number):
-                outcome, cost = await attempt_through_limits(worker, spec, number)
+                outcome, cost = await attempt_through_limits(worker, queue, pause, spec, number)
             spent += cost
             if outcome.verdict is not None and outcome.verdict.check is not None:
                 failed_checks[outcome.verdict.check.command] += 1
@@ -59,22 +68,32 @@ async def _run_task(worker: Worker, task: Task) -> TaskOutcome:
                 return TaskOutcome("interrupted", cost_usd=spent)
             if outcome.reason is Reason.AUTH:
                 raise AgentAuthFailed(_auth_message(worker, outcome))
-            await to_thread.run_sync(_record_attempt, worker, spec, number, outcome)
             last = outcome.reason
+            if outcome.reason is Reason.CONFLICT:  # nobody's fault: the attempt isn't used
+                conflicts += 1
+                if conflicts < MAX_CONFLICTS:
+                    continue
+                await to_thread.run_sync(_record_attempt, worker, spec, number, outcome)
+                break
+            conflicts = 0
+            await to_thread.run_sync(_record_attempt, worker, spec, number, outcome)
             if outcome.reason.passed:
                 commit = outcome.commit or ""
-                worker.events.emit("task_done", task=spec.id, attempts=number, commit=commit)
+                run.events.emit(
+                    "task_done", task=spec.id, attempts=number, commit=commit, worker=worker.number
+                )
                 log.info("ralph.task_committed", attempts=number, commit=commit[:12])
                 return TaskOutcome("done", cost_usd=spent)
-            if worker.stop.is_requested:  # recorded above; the next attempt waits for a new run
+            if run.stop.is_requested:  # recorded above; the next attempt waits for a new run
                 return TaskOutcome("interrupted", cost_usd=spent)
-        await _task_failed(worker, spec, limit, last, failed_checks)
+            number += 1
+        await _task_failed(worker, queue, spec, (min(number, limit), last), failed_checks)
         return TaskOutcome("failed", last, spent)
 
 
 def _interrupted(worker: Worker, outcome: AttemptOutcome) -> bool:
     """A stop ended the attempt, or cut short the wait for a limit or an outage."""
-    waited_out = outcome.reason in TRANSIENT and worker.stop.is_requested
+    waited_out = outcome.reason in TRANSIENT and worker.run.stop.is_requested
     return outcome.reason is Reason.INTERRUPTED or waited_out
 
 
@@ -83,26 +102,37 @@ def _auth_message(worker: Worker, outcome: AttemptOutcome) -> str:
     last_line = outcome.verdict.detail if outcome.verdict else ""
     said = f" Its last words: {last_line}" if last_line else ""
     return (
-        f"the {worker.agent.name} agent could not authenticate ({detail}); fix its "
+        f"the {worker.run.agent.name} agent could not authenticate ({detail}); fix its "
         f"credentials, then run ralph again.{said}"
     )
 
 
 def _record_attempt(worker: Worker, spec: Spec, number: int, outcome: AttemptOutcome) -> None:
     summary = outcome.verdict.summary if outcome.verdict else ""
-    worker.state.record_attempt(spec.id, spec.digest, number, summary, outcome.reason)
+    worker.run.state.record_attempt(spec.id, spec.digest, number, summary, outcome.reason)
 
 
 async def _task_failed(
-    worker: Worker, spec: Spec, attempts: int, last: Reason, failed_checks: Counter[str]
+    worker: Worker,
+    queue: MergeQueue,
+    spec: Spec,
+    ended: tuple[int, Reason],
+    failed_checks: Counter[str],
 ) -> None:
     """Mark the task failed, say so once, and keep the lesson of the failure when it has one."""
-    summary = await to_thread.run_sync(worker.state.last_failure, spec.id, spec.digest)
+    run = worker.run
+    attempts, last = ended
+    summary = await to_thread.run_sync(run.state.last_failure, spec.id, spec.digest)
     headline = summary.splitlines()[0] if summary else "unknown"
     reason = f"failed {attempts} attempt(s); last: {headline}"
-    await to_thread.run_sync(worker.state.mark_failed, spec.id, spec.digest, reason)
-    worker.events.emit(
-        "task_failed", task=spec.id, attempts=attempts, reason=reason, failure_class=last.value
+    await to_thread.run_sync(run.state.mark_failed, spec.id, spec.digest, reason)
+    run.events.emit(
+        "task_failed",
+        task=spec.id,
+        attempts=attempts,
+        reason=reason,
+        failure_class=last.value,
+        worker=worker.number,
     )
     log.error("ralph.task_failed", attempts=attempts, reason=reason, failure_class=last.value)
     top = failed_checks.most_common(1)
@@ -110,5 +140,10 @@ async def _task_failed(
     lesson = failure_lesson(spec.id, command, failures, attempts)
     if lesson is not None:
         await commit_learnings_only(
-            worker, spec.id, attempts, [lesson], subject=f"Record why task {spec.id} failed"
+            worker,
+            queue,
+            spec.id,
+            attempts,
+            (lesson,),
+            subject=f"Record why task {spec.id} failed",
         )

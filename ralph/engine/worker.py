@@ -1,8 +1,9 @@
-"""The worker: everything an attempt needs for one work tree, passed down explicitly."""
+"""Who works: the run's shared parts (``Run``) and one worker of it (``Worker``), passed down
+explicitly; nothing here is global."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,31 +17,72 @@ from ralph.runtime.processes import Stop
 from ralph.runtime.service import Notifier
 from ralph.settings import Settings
 from ralph.vcs import repo
+from ralph.vcs.gitenv import Git
+from ralph.vcs.history import DoneTasks
 
 
 @dataclass(frozen=True)
-class Worker:
-    """Everything an attempt needs, for one work tree. Nothing here is global."""
+class Run:
+    """What every worker of one ``ralph run`` shares."""
 
     root: Path
     settings: Settings
     agent: Agent
     env: Mapping[str, str]
+    """ralph's own environment, as the CLI read it: the base of the agent's and the checks'."""
     events: EventLog
     state: StateStore
     stop: Stop
     branch: str
+    git: Git
+    """git in the user's work tree, run ralph's way (ralph.vcs.gitenv)."""
     spans: Spans = field(default_factory=NoSpans)
     notify: Notifier = field(default_factory=lambda: Notifier(None))
-    done: repo.DoneTasks = field(default_factory=repo.DoneTasks)
+    done: DoneTasks = field(default_factory=DoneTasks)
+    cgroups: Path | None = None
+    """The cgroup folder this ralph made for its attempts; None: process groups only."""
 
     @property
     def ralph_dir(self) -> Path:
         return self.root / repo.STATE_DIR
 
-    def backlog(self) -> Backlog:
+    def backlog(self, running: Collection[str] = ()) -> Backlog:
         """Every task's state now (blocking: run it in a thread)."""
-        return read_backlog(self.root, self.settings, self.state, self.done)
+        return read_backlog(
+            self.root,
+            self.settings,
+            self.state,
+            self.git,
+            self.branch,
+            done=self.done,
+            running=running,
+        )
 
     def max_attempts(self, spec: Spec) -> int:
         return spec.max_attempts or self.settings.max_attempts
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One of the run's workers: its number and its worktree, where its agents work."""
+
+    run: Run
+    number: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"w{self.number}"
+
+    @property
+    def worktree(self) -> Path:
+        return self.run.ralph_dir / "worktrees" / self.name
+
+    @property
+    def tmpdir(self) -> Path:
+        """The TMPDIR of its agents and checks, emptied before every attempt."""
+        return self.run.ralph_dir / "tmp" / self.name
+
+    @property
+    def scratch(self) -> Path:
+        """Private files of ralph's for this worker (indexes), out of the work tree."""
+        return self.run.state.dir / "scratch" / self.name

@@ -262,7 +262,27 @@ def merge_learnings(memory_path: Path, learnings: Sequence[Learning]) -> list[Le
     appended and the relabelled entries as they now stand. Nothing changed: the file is not
     rewritten (or created).
     """
-    raw = _read_or_empty(memory_path)
+    updated, changed = merged(_read_or_empty(memory_path), learnings)
+    if updated is not None:
+        write_atomic(memory_path, updated)
+    return changed
+
+
+def add_into(
+    raw: bytes, texts: list[str], task_id: str, day: str, *, limit: int | None = None
+) -> tuple[bytes | None, list[Learning]]:
+    """add_learnings on a memory file's content: the new content (None: unchanged) and the
+    entries changed."""
+    check_label(task_id, day)
+    cleaned = [text for text in map(clean_learning, texts) if normalise(text)]
+    if limit is not None:
+        cleaned = cleaned[: max(limit, 0)]
+    return merged(raw, [Learning(text, task_id, day) for text in cleaned])
+
+
+def merged(raw: bytes, learnings: Sequence[Learning]) -> tuple[bytes | None, list[Learning]]:
+    """merge_learnings on a memory file's content: the new content (None: unchanged) and the
+    entries changed."""
     # surrogateescape round-trips bytes that are not UTF-8, so people's text stays untouched.
     layout = _layout(raw.decode("utf-8", errors="surrogateescape"))
     slots = _slots(layout)
@@ -284,12 +304,12 @@ def merge_learnings(memory_path: Path, learnings: Sequence[Learning]) -> list[Le
         elif _relabel(match, learning) and match not in changed:
             changed.append(match)
     if not changed:
-        return []
+        return None, []
     lines = _relabelled_lines(layout, changed)
     entries = [f"{slot.entry.as_line()}\n" for slot in appended if slot.entry is not None]
     updated = _insert_entries(_Layout(lines, layout.heading, layout.end), entries)
-    write_atomic(memory_path, updated.encode("utf-8", errors="surrogateescape"))
-    return [slot.entry for slot in changed if slot.entry is not None]
+    entries_changed = [slot.entry for slot in changed if slot.entry is not None]
+    return updated.encode("utf-8", errors="surrogateescape"), entries_changed
 
 
 def compact_learnings(memory_path: Path, archive_path: Path, before: date) -> Compaction:

@@ -53,23 +53,32 @@ def pending_path(root: Path) -> Path:
 def record(
     root: Path, settings: Settings, texts: list[str], task_id: str, day: str
 ) -> list[Learning]:
-    """Keep what an attempt learned; return the memory file's entries it changed.
+    """Keep what an attempt learned in the tree at ``root``; return the entries it changed.
 
-    At most ``max_learnings_per_attempt`` texts are taken. ``learnings = "auto"``: they go
-    into the memory file (not staged, not committed) and the entries added or refreshed are
-    returned, so a non-empty result means the memory file needs committing. ``"review"``: they
-    go to the pending file instead and ``[]`` is returned. Raises ValueError for a task id or
+    ``learnings = "auto"``: into the memory file (not staged, not committed); a non-empty
+    result means the memory file needs committing. ``"review"``: to the pending file
+    (to_review), and ``[]`` is returned. At most ``max_learnings_per_attempt`` are taken.
+    """
+    memory.check_label(task_id, day)
+    if settings.learnings == "review":
+        to_review(root, settings, texts, task_id, day)
+        return []
+    limit = settings.max_learnings_per_attempt
+    return memory.add_learnings(root / settings.memory_file, texts, task_id, day, limit=limit)
+
+
+def to_review(root: Path, settings: Settings, texts: list[str], task_id: str, day: str) -> None:
+    """Put what an attempt learned in the pending file, to wait for ``ralph learnings accept``.
+
+    At most ``max_learnings_per_attempt`` texts are taken. Raises ValueError for a task id or
     day that cannot label an entry.
     """
     memory.check_label(task_id, day)
     limit = settings.max_learnings_per_attempt
-    if settings.learnings == "auto":
-        return memory.add_learnings(root / settings.memory_file, texts, task_id, day, limit=limit)
     path = pending_path(root)
     if texts and limit > 0 and not path.exists():
         write_atomic(path, PENDING_INTRO)
     memory.add_learnings(path, texts, task_id, day, limit=limit)
-    return []
 
 
 def pending(root: Path) -> list[Learning]:

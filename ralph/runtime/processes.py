@@ -17,12 +17,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
 import anyio
 from anyio.abc import ByteReceiveStream, Process
+
+from ralph.runtime import cgroups
 
 TAIL_BYTES = 16 * 1024
 _POLL = 0.05
@@ -107,6 +109,58 @@ class CappedLog:
         self._file.close()
 
 
+@dataclass
+class ProcessTree:
+    """Every process one child started, found again however it tried to leave.
+
+    With a cgroup (``ralph.runtime.cgroups``) the kernel keeps the list. Without one: the
+    child's process group, its descendants, and every process ever seen among them (pid and
+    start time, sampled while it runs), plus any process whose environment holds ``marker``.
+    """
+
+    cgroup: Path | None = None
+    marker: bytes | None = None
+    seen: dict[int, int] = field(default_factory=dict)
+    root: int | None = None
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        return cgroups.enter_argv(self.cgroup, argv) if self.cgroup is not None else argv
+
+    def sample(self) -> bool:
+        """Remember the processes in the tree now; True when one was new."""
+        if self.root is None:
+            return False
+        table = _proc_table()
+        live = {pid: start for pid, start in self._live(table).items()}
+        new = {pid: start for pid, start in live.items() if self.seen.get(pid) != start}
+        self.seen.update(new)
+        return bool(new)
+
+    def live(self) -> set[int]:
+        """The processes of the tree that still run."""
+        return set(self._live(_proc_table(), with_marker=True))
+
+    def _live(self, table: list[_Row], with_marker: bool = False) -> dict[int, int]:
+        running = {row.pid: row for row in table if row.state not in (b"Z", b"X")}
+        found: set[int] = set()
+        if self.cgroup is not None:
+            found.update(pid for pid in cgroups.members(self.cgroup) if pid in running)
+        if self.root is not None:
+            found.update(pid for pid, row in running.items() if row.pgrp == self.root)
+            found.update(_descendants_in(list(running.values()), self.root))
+            if self.root in running:
+                found.add(self.root)
+        found.update(
+            pid
+            for pid, start in self.seen.items()
+            if pid in running and running[pid].start == start
+        )
+        if with_marker and self.marker is not None:
+            found.update(processes_with_env(self.marker))
+        found.discard(os.getpid())
+        return {pid: running[pid].start for pid in found if pid in running}
+
+
 async def run_in_group(
     argv: Sequence[str],
     *,
@@ -119,17 +173,21 @@ async def run_in_group(
     stdin: Path | None = None,
     log_cap: int = 8 * 1024 * 1024,
     on_start: Callable[[int], None] | None = None,
+    tree: ProcessTree | None = None,
+    on_sample: Callable[[ProcessTree], None] | None = None,
 ) -> ProcessResult:
     """Run ``argv`` in its own session until it exits, times out or a stop is requested.
 
-    Whatever way it ends, no process of its group is left when this returns.
+    Whatever way it ends, no process of its tree is left when this returns. ``on_sample``
+    is told each time new processes were seen in the tree (to record them for recovery).
     """
     started = time.monotonic()
+    tree = tree or ProcessTree()
     log = CappedLog(log_path, log_cap)
     stdin_file = stdin.open("rb") if stdin is not None else None
     try:
         proc = await anyio.open_process(
-            _with_parent_death_signal(list(argv)),
+            tree.wrap(_with_parent_death_signal(list(argv))),
             stdin=stdin_file if stdin_file is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -143,10 +201,11 @@ async def run_in_group(
         if stdin_file is not None:
             stdin_file.close()
         return ProcessResult("exited", 127, 0.0, log.total, log.tail())
+    tree.root = proc.pid
     if on_start is not None:
         on_start(proc.pid)
     try:
-        outcome = await _supervise(proc, log, timeout, grace, stop)
+        outcome = await _supervise(proc, log, (timeout, grace), stop, (tree, on_sample))
     finally:
         with anyio.CancelScope(shield=True):
             await _reap(proc)
@@ -158,19 +217,37 @@ async def run_in_group(
 
 
 async def _supervise(
-    proc: Process, log: CappedLog, timeout: float, grace: float, stop: Stop
+    proc: Process,
+    log: CappedLog,
+    limits: tuple[float, float],
+    stop: Stop,
+    watched: tuple[ProcessTree, Callable[[ProcessTree], None] | None],
 ) -> Outcome:
+    timeout, grace = limits
+    tree, on_sample = watched
     drained = anyio.Event()
     async with anyio.create_task_group() as group:
         assert proc.stdout is not None
         group.start_soon(_drain, proc.stdout, log, drained)
+        group.start_soon(_watch_tree, tree, on_sample)
         outcome = await _wait_for_exit(proc, timeout, stop)
-        await stop_tree(proc.pid, grace, stop.forced)
+        await stop_tree(tree, grace, stop.forced)
         # A daemon that escaped the group may still hold the pipe: don't wait for it forever.
         with anyio.move_on_after(2):
             await drained.wait()
         group.cancel_scope.cancel()
     return outcome
+
+
+SAMPLE_EVERY = 0.25
+
+
+async def _watch_tree(tree: ProcessTree, on_sample: Callable[[ProcessTree], None] | None) -> None:
+    """Sample the tree while the child runs, so a process that leaves it is still known."""
+    while True:
+        if await anyio.to_thread.run_sync(tree.sample) and on_sample is not None:
+            await anyio.to_thread.run_sync(on_sample, tree)
+        await anyio.sleep(SAMPLE_EVERY)
 
 
 async def _drain(stream: ByteReceiveStream, log: CappedLog, drained: anyio.Event) -> None:
@@ -203,43 +280,51 @@ async def _wait_for_exit(proc: Process, timeout: float, stop: Stop) -> Outcome:
         group.start_soon(stopped)
         await anyio.sleep(timeout)
         group.cancel_scope.cancel()
+    if outcome == "timeout" and _has_exited(proc.pid):
+        # ralph itself was stopped (SIGSTOP, a suspended VM) past the timeout, and the child
+        # finished in the meantime: that is not the child's timeout.
+        with anyio.move_on_after(2):
+            await proc.wait()
+        outcome = "exited" if proc.returncode is not None else outcome
     return outcome
 
 
-async def stop_tree(pgid: int, grace: float, forced: anyio.Event | None = None) -> None:
-    """Stop the group and every other process below ralph, within one grace period.
+def _has_exited(pid: int) -> bool:
+    """Whether ``pid`` has ended (a zombie waiting to be reaped, or gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return True
+    return stat[stat.rfind(b")") + 2 :].split()[0] in (b"Z", b"X")
+
+
+async def stop_tree(tree: ProcessTree, grace: float, forced: anyio.Event | None = None) -> None:
+    """Stop every process of the tree within one grace period.
 
     SIGTERM to all of them, up to ``grace`` seconds (cut short when ``forced`` is set)
-    for them to exit, then SIGKILL to whatever is left. A daemon that left the group
-    with setsid is below ralph thanks to the subreaper, so it is stopped the same way.
+    for them to exit, then SIGKILL to whatever is left (the whole cgroup at once, when there
+    is one).
     """
-    remaining = functools.partial(anyio.to_thread.run_sync, _remaining, pgid)
+    remaining = functools.partial(anyio.to_thread.run_sync, tree.live)
     if not await remaining():
         return
-    await anyio.to_thread.run_sync(_signal_all, pgid, signal.SIGTERM)
+    await anyio.to_thread.run_sync(_signal_tree, tree, signal.SIGTERM)
     with anyio.move_on_after(grace):
         while await remaining() and not (forced is not None and forced.is_set()):
             await anyio.sleep(_POLL)
+    if tree.cgroup is not None:
+        await anyio.to_thread.run_sync(cgroups.kill, tree.cgroup)
     with anyio.move_on_after(5):
         while await remaining():
-            await anyio.to_thread.run_sync(_signal_all, pgid, signal.SIGKILL)
+            await anyio.to_thread.run_sync(_signal_tree, tree, signal.SIGKILL)
             await anyio.sleep(_POLL)
     await anyio.to_thread.run_sync(reap_orphans)
 
 
-def _remaining(pgid: int) -> set[int]:
-    """Live processes of the group and, on Linux, every live descendant of ralph."""
-    if not LINUX:
-        return {pgid} if group_alive(pgid) else set()
-    table = _proc_table()  # one pass over /proc serves both questions
-    live = [row for row in table if row[3] not in (b"Z", b"X")]
-    members = {pid for pid, _ppid, pgrp, _state in live if pgrp == pgid}
-    return members | set(_descendants_in(live, os.getpid()))
-
-
-def _signal_all(pgid: int, sig: signal.Signals) -> None:
-    _signal_group(pgid, sig)
-    for pid in _remaining(pgid):
+def _signal_tree(tree: ProcessTree, sig: signal.Signals) -> None:
+    if tree.root is not None:
+        _signal_group(tree.root, sig)
+    for pid in tree.live():
         _signal_pid(pid, sig)
 
 
@@ -264,7 +349,7 @@ def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) processes whose process group is ``pgid``, read from /proc."""
     return [
         pid
-        for pid, _ppid, pgrp, state in _proc_table()
+        for pid, pgrp, state in ((r.pid, r.pgrp, r.state) for r in _proc_table())
         if pgrp == pgid and state not in (b"Z", b"X")
     ]
 
@@ -313,14 +398,14 @@ def descendants(root_pid: int) -> list[int]:
     Between two children ralph has none, so anything found after a child ended was
     started by it and must go.
     """
-    live = [row for row in _proc_table() if row[3] not in (b"Z", b"X")]
+    live = [row for row in _proc_table() if row.state not in (b"Z", b"X")]
     return _descendants_in(live, root_pid)
 
 
-def _descendants_in(table: list[tuple[int, int, int, bytes]], root_pid: int) -> list[int]:
+def _descendants_in(table: list[_Row], root_pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
-    for pid, ppid, _pgrp, _state in table:
-        children.setdefault(ppid, []).append(pid)
+    for row in table:
+        children.setdefault(row.ppid, []).append(row.pid)
     found: list[int] = []
     queue = list(children.get(root_pid, []))
     while queue:
@@ -333,7 +418,8 @@ def _descendants_in(table: list[tuple[int, int, int, bytes]], root_pid: int) -> 
 def reap_orphans() -> None:
     """Collect the exit status of orphans the subreaper made ours, so no zombie stays."""
     me = os.getpid()
-    for pid, ppid, _pgrp, state in _proc_table():
+    for row in _proc_table():
+        pid, ppid, state = row.pid, row.ppid, row.state
         if ppid == me and state == b"Z":
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
@@ -342,7 +428,8 @@ def reap_orphans() -> None:
 def processes_with_env(needle: bytes) -> list[int]:
     """Processes whose environment holds ``needle`` (``NAME=value``), other than ralph."""
     found = []
-    for pid, _ppid, _pgrp, state in _proc_table():
+    for row in _proc_table():
+        pid, state = row.pid, row.state
         if state in (b"Z", b"X") or pid == os.getpid():
             continue
         try:
@@ -365,8 +452,17 @@ def _signal_pid(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
 
 
-def _proc_table() -> list[tuple[int, int, int, bytes]]:
-    """(pid, ppid, process group, state) of every process, from /proc/<pid>/stat."""
+@dataclass(frozen=True)
+class _Row:
+    pid: int
+    ppid: int
+    pgrp: int
+    state: bytes
+    start: int
+
+
+def _proc_table() -> list[_Row]:
+    """(pid, ppid, process group, state, start time) of every process, from /proc/<pid>/stat."""
     table = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -376,5 +472,16 @@ def _proc_table() -> list[tuple[int, int, int, bytes]]:
         except OSError:
             continue
         fields = stat[stat.rfind(b")") + 2 :].split()
-        table.append((int(entry.name), int(fields[1]), int(fields[2]), fields[0]))
+        table.append(
+            _Row(int(entry.name), int(fields[1]), int(fields[2]), fields[0], int(fields[19]))
+        )
     return table
+
+
+def start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot), to tell it from a later one of that pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return int(stat[stat.rfind(b")") + 2 :].split()[19])

@@ -7,14 +7,13 @@ These functions block; the loop calls them through ``anyio.to_thread``.
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import ParamSpec, TypeVar
 
 import git
 from tenacity import (
@@ -44,7 +43,6 @@ class CommitRejected(RepositoryError):
 P = ParamSpec("P")
 R = TypeVar("R")
 # What an agent may not change under .git/ (refs are handled separately: folded back).
-GUARDED_GIT_FILES = ("config", "info/exclude", "info/attributes")
 
 
 def _index_locked(exc: BaseException) -> bool:
@@ -154,10 +152,10 @@ def current_branch(root: Path) -> str:
         return branch
 
 
-def head_commit(root: Path) -> str:
-    """The commit HEAD points at."""
+def branch_name(root: Path) -> str | None:
+    """The checked-out branch, even one with no commits yet; None when HEAD is detached."""
     with open_repo(root) as repo:
-        return repo.head.commit.hexsha
+        return None if repo.head.is_detached else str(repo.head.ref.name)
 
 
 def ensure_excluded(root: Path, extra: list[str] | None = None) -> None:
@@ -182,7 +180,13 @@ def dirty_paths(root: Path, under: str | None = None) -> list[str]:
     """Tracked changes and untracked files, as ``git status`` lists them (ignored ones not)."""
     pathspec = ["--", f":(top){under}"] if under else []
     with open_repo(root) as repo:
-        out = repo.git.status("--porcelain=v1", "-z", "--untracked-files=all", *pathspec)
+        try:
+            out = repo.git.status("--porcelain=v1", "-z", "--untracked-files=all", *pathspec)
+        except git.GitCommandError as exc:
+            raise RepositoryError(
+                f"git status failed in {root}: {_git_output(exc)[-300:]}; if the index is "
+                "corrupt, `rm .git/index && git reset` rebuilds it and keeps your files"
+            ) from None
     entries = [entry for entry in out.split("\0") if entry]
     paths: list[str] = []
     skip = False
@@ -236,62 +240,23 @@ def _is_ancestor(repo: git.Repo, older: str, newer: str) -> bool:
     return True
 
 
-def task_commit_on(root: Path, branch: str, task_id: str, parent: str) -> str | None:
-    """The tip of ``branch`` if it is ralph's commit of ``task_id`` made right on ``parent``."""
-    with open_repo(root) as repo:
-        try:
-            tip = repo.commit(f"refs/heads/{branch}")
-        except (ValueError, git.BadName):
-            return None
-        ours = task_id in tip.trailers_dict.get(TASK_TRAILER, [])
-        parent_ok = [each.hexsha for each in tip.parents] == [parent]
-        return tip.hexsha if ours and parent_ok else None
-
-
 def done_tasks(root: Path) -> set[str]:
     """Ids of tasks with a ``Ralph-Task`` trailer on a commit reachable from HEAD."""
     return DoneTasks().read(root)
 
 
-@survives_index_lock
-def fold_head(root: Path, start: str, branch: str) -> bool:
-    """Bring HEAD back to ``branch`` at ``start``, keeping the work tree as the agent left it.
-
-    Returns True when the agent had moved HEAD (committed, reset or switched branches).
-    """
+def save_worktree_diff(root: Path, dest: Path, leave_out: str) -> None:
+    """Write the tree's uncommitted changes (tracked and untracked, but ``leave_out``) against
+    HEAD as a binary patch, through a private index: the user's index is not touched."""
+    index = dest.with_name(dest.name + ".index")
+    env = {"GIT_INDEX_FILE": str(index)}
     with open_repo(root) as repo:
-        moved = False
-        if repo.head.is_detached or repo.head.ref.name != branch:
-            repo.git.symbolic_ref("HEAD", f"refs/heads/{branch}")
-            moved = True
-        try:
-            tip = repo.git.rev_parse("--verify", "-q", f"refs/heads/{branch}")
-        except git.GitCommandError:  # the agent deleted the branch
-            tip = ""
-        if tip != start:
-            repo.git.update_ref(f"refs/heads/{branch}", start)
-            moved = True
-        if moved:
-            repo.git.reset("-q", "--mixed", start)
-        return moved
-
-
-@survives_index_lock
-def stage_changes(root: Path, start: str, leave_out: str | None = None) -> list[Change]:
-    """Stage everything the attempt changed (as ``git add -A`` sees it) and list it.
-
-    ``leave_out`` (the specs folder) is never part of the change: specs the user has
-    not committed yet stay theirs, uncommitted.
-    """
-    with open_repo(root) as repo:
-        if leave_out:
-            repo.git.add("-A", "--", ":/", f":(top,exclude){leave_out}")
-            repo.git.reset("-q", start, "--", f":(top){leave_out}")
-        else:
-            repo.git.add(A=True)
-        out = repo.git.diff("--cached", "--name-status", "--no-renames", "-z", start)
-    parts = [part for part in out.split("\0") if part]
-    return [Change(status[0], path) for status, path in zip(parts[::2], parts[1::2], strict=True)]
+        repo.git.read_tree("HEAD", env=env)
+        repo.git.add("-A", "--", ":/", f":(top,exclude){leave_out}", env=env)
+        patch = repo.git.diff("--cached", "--binary", "HEAD", stdout_as_string=False, env=env)
+    index.unlink(missing_ok=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(patch)
 
 
 def save_diff(root: Path, start: str, dest: Path) -> None:
@@ -322,32 +287,6 @@ def restore(root: Path, start: str, keep: str | None = None) -> None:
             if "did not match" not in str(exc.stderr):
                 raise  # else nothing outside ``keep`` is tracked: nothing to check out
         repo.git.clean("-q", "-f", "-f", "-d", *outside)
-
-
-def tracked_files(root: Path, commit: str, paths: list[str]) -> list[str]:
-    """Which of ``paths`` exist in ``commit``."""
-    with open_repo(root) as repo:
-        out = repo.git.ls_tree("-r", "--name-only", "-z", commit, "--", *paths)
-    return [path for path in out.split("\0") if path]
-
-
-@survives_index_lock
-def checkout_paths(root: Path, commit: str, paths: list[str]) -> None:
-    """Put ``paths`` back as they are in ``commit``."""
-    with open_repo(root) as repo:
-        repo.git.checkout("-q", commit, "--", *paths)
-
-
-@survives_index_lock
-def restore_paths(root: Path, commit: str, paths: list[str]) -> None:
-    """Put ``paths`` back as they are in ``commit``: removed if they aren't in it."""
-    present = set(tracked_files(root, commit, paths))
-    with open_repo(root) as repo:
-        repo.git.reset("-q", commit, "--", *paths)
-    if present:
-        checkout_paths(root, commit, sorted(present))
-    for path in set(paths) - present:
-        (root / path).unlink(missing_ok=True)
 
 
 @survives_index_lock
@@ -460,132 +399,3 @@ def task_message(title: str, trailers: dict[str, str]) -> str:
     subject = " ".join(title.split()) or "ralph task"
     lines = [f"{key}: {value}" for key, value in trailers.items()]
     return f"{subject}\n\n" + "\n".join(lines) + "\n"
-
-
-@dataclass(frozen=True)
-class GitSnapshot:
-    """What an attempt must leave as it was under .git/: refs, hooks, config, excludes."""
-
-    refs: dict[str, str]
-    files: dict[str, bytes | None]
-    hooks: dict[str, tuple[bytes, int]]
-
-
-def snapshot_to_json(snapshot: GitSnapshot) -> dict[str, object]:
-    """A JSON-ready form, so recovery after a crash can restore .git too."""
-    return {
-        "refs": snapshot.refs,
-        "files": {
-            name: None if data is None else base64.b64encode(data).decode()
-            for name, data in snapshot.files.items()
-        },
-        "hooks": {
-            name: [base64.b64encode(data).decode(), mode]
-            for name, (data, mode) in snapshot.hooks.items()
-        },
-    }
-
-
-def snapshot_from_json(raw: dict[str, Any]) -> GitSnapshot:
-    """The inverse of snapshot_to_json."""
-    return GitSnapshot(
-        refs=dict(raw["refs"]),
-        files={
-            name: None if data is None else base64.b64decode(data)
-            for name, data in raw["files"].items()
-        },
-        hooks={
-            name: (base64.b64decode(data), int(mode)) for name, (data, mode) in raw["hooks"].items()
-        },
-    )
-
-
-def snapshot_git(root: Path) -> GitSnapshot:
-    """Record refs, guarded files and hooks before the agent starts."""
-    with open_repo(root) as repo:
-        common = Path(repo.common_dir)
-        hooks_dir = Path(repo.git_dir) / "hooks"
-        refs = _refs(repo)
-    files = {name: _read_or_none(common / name) for name in GUARDED_GIT_FILES}
-    hooks = {}
-    if hooks_dir.is_dir():
-        for path in sorted(hooks_dir.iterdir()):
-            if path.is_file():
-                hooks[path.name] = (path.read_bytes(), path.stat().st_mode & 0o7777)
-    return GitSnapshot(refs, files, hooks)
-
-
-def restore_git(root: Path, before: GitSnapshot, branch: str) -> list[str]:
-    """Put refs, guarded files and hooks back; return what the agent had tampered with.
-
-    Refs the agent created (branches, tags, a stash) are deleted and refs it moved are
-    put back; those are history, folded into the change, not tampering. Changed hooks,
-    config or excludes are tampering: they are restored and reported.
-    """
-    after = snapshot_git(root)
-    with open_repo(root) as repo:
-        _restore_refs(repo, before.refs, after.refs, keep=f"refs/heads/{branch}")
-        common = Path(repo.common_dir)
-        hooks_dir = Path(repo.git_dir) / "hooks"
-    tampered = []
-    for name, content in before.files.items():
-        if after.files[name] != content:
-            tampered.append(f".git/{name}")
-            _write_or_remove(common / name, content)
-    if after.hooks != before.hooks:
-        tampered.append(".git/hooks")
-        _restore_hooks(hooks_dir, before.hooks, after.hooks)
-    return tampered
-
-
-def _restore_refs(repo: git.Repo, before: dict[str, str], after: dict[str, str], keep: str) -> None:
-    for ref, sha in after.items():
-        if ref == keep or before.get(ref) == sha:
-            continue
-        if ref in before:
-            repo.git.update_ref(ref, before[ref])
-        else:
-            repo.git.update_ref("-d", ref)
-    for ref, sha in before.items():
-        if ref not in after:
-            repo.git.update_ref(ref, sha)
-
-
-def _restore_hooks(
-    hooks_dir: Path, before: dict[str, tuple[bytes, int]], after: dict[str, tuple[bytes, int]]
-) -> None:
-    for name in after.keys() - before.keys():
-        (hooks_dir / name).unlink(missing_ok=True)
-    for name, (content, mode) in before.items():
-        (hooks_dir / name).write_bytes(content)
-        (hooks_dir / name).chmod(mode)
-
-
-def _refs(repo: git.Repo) -> dict[str, str]:
-    out = repo.git.for_each_ref("--format=%(refname) %(objectname)")
-    return dict(line.split(" ", 1) for line in out.splitlines() if line)
-
-
-def _read_or_none(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-
-
-def _write_or_remove(path: Path, content: bytes | None) -> None:
-    if content is None:
-        path.unlink(missing_ok=True)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-
-
-def ignored_files(root: Path, globs: list[str]) -> set[str]:
-    """Ignored (so never staged) files matching ``globs``: a way to slip files past the gate."""
-    pathspecs = [f":(glob){glob.strip('/')}" for glob in globs]
-    with open_repo(root) as repo:
-        out = repo.git.ls_files(
-            "--others", "--ignored", "--exclude-standard", "-z", "--", *pathspecs
-        )
-    return {path for path in out.split("\0") if path}
