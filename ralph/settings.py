@@ -136,6 +136,13 @@ class Settings(BaseSettings):
     learnings_archive: Path = Path("docs/learnings-archive.md")
     """Where compaction moves old learnings, relative to the repository root."""
 
+    keep_attempts: Count = Field(default=500, ge=1)
+    """Attempt folders kept under ``.ralph/attempts`` (the newest; the last failed attempt of
+    every task and any attempt in progress are always kept)."""
+
+    keep_attempts_for: Duration = 30 * 86400.0
+    """Attempt folders older than this are removed (with the same exceptions)."""
+
     run_hooks: bool = False
     """Run the repository's pre-commit and commit-msg hooks (as they were when ralph started)
     before each task commit; off: no hook ever runs for ralph's git."""

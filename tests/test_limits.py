@@ -59,7 +59,7 @@ def test_auth_failure_stops_the_run_with_exit_2(project: Project) -> None:
     project.commit()
     result = project.ralph("run", "--once", check_code=2)
     assert "could not authenticate" in result.stderr
-    assert "Invalid API key · Please run /login" in result.stderr
+    assert "Invalid API key" in result.stderr and "Please run /login" in result.stderr
     assert "```" not in result.stderr
     tasks = project.status_json()
     assert tasks["a-task"]["attempts"] == 0 and tasks["a-task"]["state"] == "pending"

@@ -44,7 +44,8 @@ def notify_socket(tmp_path: Path) -> socket.socket:
 def test_notify_ready_status_watchdog_stopping(
     project: Project, tmp_path: Path, notify_socket: socket.socket
 ) -> None:
-    """The daemon sends READY=1, STATUS lines, WATCHDOG=1 at half WATCHDOG_USEC, STOPPING=1."""
+    """The daemon sends READY=1 once before any WATCHDOG=1, STATUS lines, WATCHDOG=1 at half
+    WATCHDOG_USEC, and STOPPING=1 once."""
     project.spec("task")
     project.attempts("task", {"steps": [{"write": "x.txt", "content": "x\n"}]})
     project.configure(poll_interval="30s")
@@ -56,16 +57,19 @@ def test_notify_ready_status_watchdog_stopping(
         beats = receive(notify_socket, "no such message", seconds=1.5)
     finally:
         proc.send_signal(signal.SIGTERM)
-    after = receive(notify_socket, "STOPPING=1")
     assert proc.wait(timeout=20) == 0
+    after = receive(notify_socket, "no such message", seconds=0.5)
     ready = next(m.splitlines() for m in before_idle if "READY=1" in m)
     assert f"MAINPID={proc.pid}" in ready
     statuses = [line for m in before_idle for line in m.splitlines() if line.startswith("STATUS=")]
     assert "STATUS=task task attempt 1" in statuses
+    messages = [line for m in before_idle for line in m.splitlines()]
+    assert messages.index("READY=1") < messages.index("WATCHDOG=1")  # no ping before READY
+    assert sum(line == "READY=1" for line in messages) == 1
     assert statuses[-1] == "STATUS=idle: waiting for new specs"
     # 1.5 s at a 0.2 s interval: several watchdog pings while idle.
     assert sum(m == "WATCHDOG=1" for m in beats) >= 4
-    assert any("STOPPING=1" in m for m in after)
+    assert sum("STOPPING=1" in m for m in after) == 1
 
 
 def test_ready_comes_after_the_lock_and_recovery(

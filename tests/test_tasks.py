@@ -251,6 +251,9 @@ def test_status_json_has_every_field(project: Project) -> None:
         "failure_class",
         "blocked_by",
         "path",
+        "worker",
+        "since",
+        "interrupted_attempt",
     }
     assert all(set(task) == fields for task in tasks)
     by_id = {task["id"]: task for task in tasks}
@@ -264,6 +267,9 @@ def test_status_json_has_every_field(project: Project) -> None:
         "failure_class": None,
         "blocked_by": None,
         "path": "specs/first.md",
+        "worker": None,
+        "since": None,
+        "interrupted_attempt": None,
     }
     assert (by_id["second"]["state"], by_id["second"]["reason"]) == ("pending", "waiting for first")
     assert (by_id["orphan"]["state"], by_id["orphan"]["reason"]) == (

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ralph.backlog.specs import load_specs
 from ralph.backlog.state import StateStore
-from ralph.backlog.tasks import State, Task, next_task, plan
+from ralph.backlog.tasks import State, Task, TaskRecord, next_task, plan
 from ralph.settings import Settings
 from ralph.vcs.gitenv import Git
 from ralph.vcs.history import DoneTasks
@@ -59,4 +59,9 @@ def read_backlog(
     spec_set = load_specs(root / settings.specs_dir, f"{settings.specs_dir.as_posix()}/")
     done_ids = (done or DoneTasks()).read(git, branch)
     records = state.records({spec.id: spec.digest for spec in spec_set.specs})
+    for task_id, record in list(records.items()):
+        if record.done_commit and task_id not in done_ids:
+            # Its commit left the branch (a reset, a rebase): the task starts over, with all
+            # its attempts, not with the count that once got it done.
+            records[task_id] = TaskRecord()
     return Backlog(tuple(plan(spec_set, done_ids, records, running)))

@@ -61,6 +61,8 @@ class AttemptIntent:
     """The branch's tip when the agent started: an agent that moves it is undone."""
     landing: Mapping[str, Any] = field(default_factory=dict)
     """While landing: old and new tip, and where the work tree's index is being written."""
+    since: str = ""
+    """When the attempt started (ISO 8601, UTC)."""
 
     def to_json(self) -> dict[str, Any]:
         raw = asdict(self)
@@ -90,6 +92,7 @@ class AttemptIntent:
                 ),
                 branch_tip=_text(raw.get("branch_tip", "")),
                 landing=_mapping(raw.get("landing", {})),
+                since=_text(raw.get("since", "")),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"missing or wrong field: {exc}") from None
@@ -120,6 +123,7 @@ class StateStore:
                     failed=raw["failed"],
                     reason=raw["reason"],
                     last_reason=_reason(raw["failure_class"]),
+                    done_commit=raw["done_commit"],
                 )
         return records
 
@@ -135,8 +139,18 @@ class StateStore:
         failed (``failure`` empty: it didn't)."""
 
         def change(raw: dict[str, Any]) -> None:
+            if raw["done_commit"]:  # done once, undone since (a reset): it starts over
+                raw.update(_new_record(digest))
             failure_class = reason.value if reason is not None else ""
             raw.update(attempts=attempt, last_failure=failure, failure_class=failure_class)
+
+        self._update(task_id, digest, change)
+
+    def record_done(self, task_id: str, digest: str, commit: str) -> None:
+        """The task's commit landed: if history loses it, the task starts over."""
+
+        def change(raw: dict[str, Any]) -> None:
+            raw.update(done_commit=commit)
 
         self._update(task_id, digest, change)
 
@@ -174,6 +188,17 @@ class StateStore:
             if found:
                 self._write(state)
             return found
+
+    def wake(self) -> None:
+        """Tell a running daemon to look at the backlog now (``ralph retry``)."""
+        folder = self.wake_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "wake").write_text(datetime.now(UTC).isoformat() + "\n")
+
+    @property
+    def wake_dir(self) -> Path:
+        """A folder only wake() writes in: the daemon watches it."""
+        return self.dir / "wake"
 
     # --- attempts in progress --------------------------------------------------------------
 
@@ -287,6 +312,7 @@ def _new_record(digest: str) -> dict[str, Any]:
         "reason": "",
         "last_failure": "",
         "failure_class": "",
+        "done_commit": "",
         "usage": {},
     }
 
@@ -317,7 +343,7 @@ def _valid_record(record: object) -> dict[str, Any] | None:
         cleaned = _new_record(_text(record["digest"]))
         cleaned["attempts"] = min(_count(record.get("attempts", 0)), 10_000)
         cleaned["failed"] = record.get("failed", False) is True
-        for key in ("reason", "last_failure", "failure_class"):
+        for key in ("reason", "last_failure", "failure_class", "done_commit"):
             cleaned[key] = _text(record.get(key, ""))[:20_000]
         usage = record.get("usage", {})
         if isinstance(usage, dict):

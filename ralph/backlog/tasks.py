@@ -65,6 +65,8 @@ class TaskRecord:
     failed: bool = False
     reason: str = ""
     last_reason: Reason | None = None
+    done_commit: str = ""
+    """The commit that made the task done, when ralph made it."""
 
 
 @dataclass(frozen=True)

@@ -11,19 +11,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import anyio
 import click
 import structlog
 
 from ralph import __version__, agents
-from ralph.backlog.snapshot import Backlog, read_backlog
+from ralph.backlog.snapshot import Backlog
 from ralph.backlog.state import StateStore
 from ralph.backlog.tasks import State
 from ralph.cli.doctor import Finding, examine
 from ralph.cli.learnings import learnings_group
 from ralph.cli.scaffold import init_repository
+from ralph.cli.status import print_status, print_table, read_status
 from ralph.durations import parse_deadline
 from ralph.engine import loop
 from ralph.engine.ledger import RunOptions
@@ -44,7 +45,8 @@ from ralph.observe.stats import (
 from ralph.observe.telemetry import EventLog, configure_logging, new_run_id
 from ralph.observe.tracing import spans_from_environment
 from ralph.runtime import cgroups
-from ralph.runtime.lock import RepoLock, lock_holder
+from ralph.runtime.lock import RepoLock
+from ralph.runtime.lock import lock_holder as lock_holder
 from ralph.runtime.processes import Stop, become_subreaper
 from ralph.runtime.service import Notifier, beat
 from ralph.settings import Settings, load_settings
@@ -76,18 +78,30 @@ class RalphGroup(click.Group):
         try:
             return super().invoke(ctx)
         except RalphError as exc:
-            click.echo(f"ralph: {exc}", err=True)
-            ctx.exit(exc.exit_code)
+            _report(ctx, exc)
         except BaseExceptionGroup as group:
             # A task group wraps what its tasks raise; an expected error stays expected.
             expected, rest = group.split(RalphError)
             if expected is None or rest is not None:
                 raise
-            first = expected.exceptions[0]
+            first: BaseException = expected.exceptions[0]
             while isinstance(first, BaseExceptionGroup):
                 first = first.exceptions[0]
-            click.echo(f"ralph: {first}", err=True)
-            ctx.exit(getattr(first, "exit_code", 1))
+            assert isinstance(first, RalphError)
+            _report(ctx, first)
+
+
+def _report(ctx: click.Context, error: RalphError) -> NoReturn:
+    """One line on stderr in the log format asked for, and the contract's exit code."""
+    app = ctx.obj if isinstance(ctx.obj, Context) else None
+    as_json = app is not None and (
+        app.log_format == "json" or (app.log_format == "auto" and not sys.stderr.isatty())
+    )
+    if as_json:
+        log.error("ralph.error", error=str(error), exit_code=error.exit_code)
+    else:
+        click.echo(f"ralph: {error}", err=True)
+    ctx.exit(error.exit_code)
 
 
 @click.group(cls=RalphGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -236,7 +250,7 @@ async def _serve(the_run: Run, options: RunOptions, deadline: datetime | None) -
         if deadline is not None:
             group.start_soon(_stop_at, deadline, the_run.stop)
         await loop.prepare(the_run)  # recovery finishes even if a signal arrives meanwhile
-        the_run.notify.ready()
+        the_run.notify.ready("ready: working through the backlog")
         code = await loop.run(the_run, options)
         the_run.notify.stopping()
         group.cancel_scope.cancel()
@@ -264,47 +278,16 @@ async def _stop_at(deadline: datetime, stop: Stop) -> None:
 
 def _backlog(root: Path, settings: Settings) -> Backlog:
     """Every task's state; the tasks a running ralph is attempting show as running."""
-    records = records_dir(root, os.environ)
-    state = StateStore(records, legacy=root / repo.STATE_DIR)
-    running: list[str] = []
-    if lock_holder(root / repo.STATE_DIR / "lock", records.parent) is not None:
-        running = state.attempt_in_progress()
-    git_env = GitEnv.for_process(root, os.environ)
-    try:
-        branch = repo.branch_name(root) or "HEAD"
-        return read_backlog(root, settings, state, Git(root, git_env), branch, running=running)
-    finally:
-        git_env.discard()
+    return read_status(root, settings).backlog
 
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
 @click.pass_obj
 def status(app: Context, as_json: bool) -> None:
-    """Every task with its state, attempts, priority, title and reason."""
+    """Every task with its state, attempts, priority, worker, title and reason."""
     root = app.root()
-    tasks = _backlog(root, app.settings(root)).tasks
-    if as_json:
-        click.echo(json.dumps({"tasks": [task.as_dict() for task in tasks]}, indent=2))
-        return
-    _print_table(
-        ["ID", "STATE", "ATTEMPTS", "PRIORITY", "TITLE", "REASON"],
-        [
-            [t.id, t.state.value, str(t.attempts), _or_dash(t.priority), t.title, t.reason]
-            for t in tasks
-        ],
-    )
-
-
-def _or_dash(value: int | None) -> str:
-    return "-" if value is None else str(value)
-
-
-def _print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
-    for row in [header, *rows]:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        click.echo("  ".join([*cells, row[-1]]).rstrip())
+    print_status(read_status(root, app.settings(root)), as_json)
 
 
 @cli.command()
@@ -355,7 +338,9 @@ def retry(app: Context, task_id: str) -> None:
         raise UsageError(f"no task with id {task_id!r} (see `ralph status`)")
     if task.state is not State.FAILED:
         raise RalphError(f"task {task_id} is {task.state.value}, not failed; nothing to retry")
-    StateStore(records_dir(root, os.environ), legacy=root / repo.STATE_DIR).forget(task_id)
+    state = StateStore(records_dir(root, os.environ), legacy=root / repo.STATE_DIR)
+    state.forget(task_id)
+    state.wake()
     EventLog(root / repo.STATE_DIR / "events.jsonl", new_run_id()).emit(
         "task_retried", task=task_id
     )
@@ -372,10 +357,10 @@ def stats_command(app: Context, as_json: bool, since: str | None) -> None:
     if as_json:
         click.echo(json.dumps(numbers.as_dict(), indent=2))
         return
-    _print_table(["OVERALL", ""], [list(row) for row in summary_rows(numbers)])
+    print_table(["OVERALL", ""], [list(row) for row in summary_rows(numbers)])
     if numbers.tasks:
         click.echo("")
-        _print_table([column.upper() for column in TASK_COLUMNS], task_rows(numbers))
+        print_table([column.upper() for column in TASK_COLUMNS], task_rows(numbers))
 
 
 @cli.command("report")

@@ -173,6 +173,7 @@ async def record_start(worker: Worker, spec: Spec, number: int) -> Attempt:
         worker=worker.number,
         worktree=str(worker.worktree),
         branch_tip=start,
+        since=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     intent_file = await to_thread.run_sync(IntentFile, worker, intent)
     run.events.emit(
@@ -348,6 +349,7 @@ async def judge_change(
             protected=run.settings.protected_globs(),
             append_only=run.settings.append_only,
             allow_empty=attempt.spec.allow_empty,
+            touches=attempt.spec.touches,
             allow_nested_repos=run.settings.allow_nested_repos,
             symlink_out=(
                 None

@@ -99,6 +99,7 @@ def judge_entries(
     protected: Sequence[str],
     append_only: Sequence[str],
     allow_empty: bool,
+    touches: Sequence[str] = (),
     allow_nested_repos: bool = False,
     symlink_out: Callable[[Entry], bool] | None = None,
 ) -> Verdict | None:
@@ -118,6 +119,15 @@ def judge_entries(
             Reason.APPEND_ONLY,
             "The attempt changed existing files in append-only paths "
             f"(only new files may be added there): {', '.join(rewritten)}",
+        )
+    outside = sorted(
+        entry.path for entry in entries if touches and not matches(entry.path, touches)
+    )
+    if outside:
+        return Verdict(
+            Reason.OUTSIDE_TOUCHES,
+            "The attempt changed paths outside the task's `touches` "
+            f"({', '.join(touches)}), which the schedule relied on: {', '.join(outside[:20])}",
         )
     nested = sorted(entry.path for entry in entries if entry.new_mode == GITLINK)
     if nested and not allow_nested_repos:

@@ -22,6 +22,7 @@ from ralph.engine.landing import MergeQueue
 from ralph.engine.ledger import BreakerTripped, Ledger, RunEnd, RunOptions, TaskOutcome
 from ralph.engine.limits import LimitTooFar, Pause
 from ralph.engine.recovery import recover
+from ralph.engine.retention import prune_attempts, prune_daily
 from ralph.engine.task import AgentAuthFailed, run_task
 from ralph.engine.worker import Run, Worker
 from ralph.errors import RalphError, RepositoryError
@@ -40,6 +41,7 @@ async def prepare(the_run: Run) -> None:
     if foreign:
         raise RepositoryError(foreign)
     await to_thread.run_sync(_tidy_worktrees, the_run)
+    await to_thread.run_sync(prune_attempts, the_run)
 
 
 async def foreign_changes(the_run: Run) -> str:
@@ -91,12 +93,16 @@ async def _run(the_run: Run, options: RunOptions) -> int:
         async with anyio.create_task_group() as group:
             wakeup, unwatch = Wakeup(), anyio.Event()
             if not options.once:
+                group.start_soon(prune_daily, the_run)
                 specs = the_run.root / the_run.settings.specs_dir
-                group.start_soon(watch_specs, specs, wakeup, unwatch)
+                the_run.state.wake_dir.mkdir(parents=True, exist_ok=True)
+                watched = [specs, the_run.state.wake_dir]
+                group.start_soon(watch_specs, watched, wakeup, unwatch)
             try:
                 end = await Loop(the_run, options, ledger, wakeup).work()
             finally:
                 unwatch.set()  # the watcher's thread sees this within one step
+                group.cancel_scope.cancel()
     except* RalphError as errors:
         end, code = _end_of(errors)
         _finished(the_run, ledger, end, code)
@@ -303,14 +309,17 @@ class Wakeup:
         await self._event.wait()
 
 
-async def watch_specs(specs: Path, wakeup: Wakeup, unwatch: anyio.Event) -> None:
-    """Until ``unwatch`` is set: set ``wakeup`` at every change under ``specs`` (inotify).
+async def watch_specs(folders: list[Path], wakeup: Wakeup, unwatch: anyio.Event) -> None:
+    """Until ``unwatch`` is set: set ``wakeup`` at every change under ``folders`` (inotify):
+    the specs, and the folder ``ralph retry`` touches to wake the daemon.
 
     The watcher gets an event of its own: awatch sets the event it is given when it ends,
     and ralph's stop event must only ever mean that someone asked ralph to stop.
     """
     try:
-        async for _changes in awatch(specs, stop_event=unwatch, debounce=100, step=100):
+        # No filter: the default one ignores anything under a .git folder (the wake folder).
+        changes = awatch(*folders, stop_event=unwatch, debounce=100, step=100, watch_filter=None)
+        async for _changes in changes:
             wakeup.set()
     except (OSError, RuntimeError) as exc:  # gone, or no watcher here: poll_interval rules
         log.debug("ralph.spec_watch_unavailable", error=str(exc))

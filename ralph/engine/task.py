@@ -79,6 +79,8 @@ async def _run_task(worker: Worker, queue: MergeQueue, pause: Pause, task: Task)
             await to_thread.run_sync(_record_attempt, worker, spec, number, outcome)
             if outcome.reason.passed:
                 commit = outcome.commit or ""
+                if commit:
+                    await to_thread.run_sync(run.state.record_done, spec.id, spec.digest, commit)
                 run.events.emit(
                     "task_done", task=spec.id, attempts=number, commit=commit, worker=worker.number
                 )

@@ -34,6 +34,8 @@ class Notifier:
         self._address = "\0" + address[1:] if address and address.startswith("@") else address
         self.watchdog_interval = watchdog_usec / 2e6 if watchdog_usec else None
         self.status_text = "starting"
+        self.is_ready = False
+        self.is_stopping = False
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> Notifier:
@@ -56,15 +58,28 @@ class Notifier:
         ):
             sock.sendto("\n".join(lines).encode(), self._address)
 
-    def ready(self) -> None:
-        self.send("READY=1", f"STATUS={self.status_text}", f"MAINPID={os.getpid()}")
+    def ready(self, status: str = "ready") -> None:
+        """Startup is over (lock held, recovery done): the first message the manager gets
+        from the watchdog's point of view, and said once."""
+        if self.is_ready:
+            return
+        self.status_text = status
+        self.send("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
+        self.is_ready = True
 
     def status(self, text: str) -> None:
-        """What ralph is doing now, for ``systemctl status`` and the heartbeat."""
+        """What ralph is doing now, for ``systemctl status`` and the heartbeat (sent once
+        ready: before that, READY carries the first status)."""
         self.status_text = text
-        self.send(f"STATUS={text}")
+        if self.is_ready and not self.is_stopping:
+            self.send(f"STATUS={text}")
 
     def stopping(self) -> None:
+        """Said once, however many signals arrive."""
+        if self.is_stopping:
+            return
+        self.is_stopping = True
+        self.status_text = "stopping"
         self.send("STOPPING=1", "STATUS=stopping")
 
 
@@ -72,7 +87,7 @@ async def beat(notifier: Notifier, ralph_dir: Path) -> None:
     """Until cancelled: the watchdog ping and the heartbeat file, while the loop is alive."""
     interval = min(notifier.watchdog_interval or HEARTBEAT_EVERY, HEARTBEAT_EVERY)
     while True:
-        if notifier.watchdog_interval:
+        if notifier.watchdog_interval and notifier.is_ready:  # never a ping before READY
             notifier.send("WATCHDOG=1")
         await anyio.to_thread.run_sync(write_heartbeat, ralph_dir, notifier.status_text)
         await anyio.sleep(interval)

@@ -1,0 +1,114 @@
+"""``ralph status``: every task's state, who works on what and since when, what is waiting."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ralph.backlog.snapshot import Backlog, read_backlog
+from ralph.backlog.state import AttemptIntent, StateStore
+from ralph.backlog.tasks import State, Task
+from ralph.runtime.lock import lock_holder
+from ralph.settings import Settings
+from ralph.vcs import repo
+from ralph.vcs.gitenv import Git, GitEnv, records_dir
+
+
+@dataclass(frozen=True)
+class Status:
+    """What ``ralph status`` shows: the backlog, and the attempts on record."""
+
+    backlog: Backlog
+    attempts: dict[str, AttemptIntent]
+    """Task id → the attempt a worker is in (or was in, when ralph was killed)."""
+    live: bool
+    """A ralph holds the lock: the attempts on record are running now."""
+    ralph_dir_bytes: int
+
+    def task_rows(self) -> list[dict[str, Any]]:
+        return [self._row(task) for task in self.backlog]
+
+    def _row(self, task: Task) -> dict[str, Any]:
+        row = task.as_dict()
+        intent = self.attempts.get(task.id)
+        row["worker"] = intent.worker if intent and self.live else None
+        row["since"] = intent.since or None if intent and self.live else None
+        row["interrupted_attempt"] = intent.attempt if intent and not self.live else None
+        if intent is not None and not self.live and task.state is State.PENDING:
+            row["reason"] = (
+                f"attempt {intent.attempt} was interrupted (ralph was killed); the next "
+                "start cleans it up and counts it"
+            )
+        return row
+
+
+def read_status(root: Path, settings: Settings) -> Status:
+    """The status now: a running ralph's attempts show as running, a killed one's as
+    interrupted."""
+    records = records_dir(root, os.environ)
+    state = StateStore(records, legacy=root / repo.STATE_DIR)
+    live = lock_holder(root / repo.STATE_DIR / "lock", records.parent) is not None
+    intents = {intent.task_id: intent for intent in state.interrupted_attempts()}
+    git_env = GitEnv.for_process(root, os.environ)
+    try:
+        branch = repo.branch_name(root) or "HEAD"
+        running = list(intents) if live else []
+        backlog = read_backlog(root, settings, state, Git(root, git_env), branch, running=running)
+    finally:
+        git_env.discard()
+    return Status(backlog, intents, live, _size(root / repo.STATE_DIR))
+
+
+def _size(folder: Path) -> int:
+    """Bytes under ``folder`` (ralph's worktrees included), not following symlinks."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+def print_status(status: Status, as_json: bool) -> None:
+    rows = status.task_rows()
+    if as_json:
+        document = {
+            "tasks": rows,
+            "running": status.live,
+            "ralph_dir_bytes": status.ralph_dir_bytes,
+        }
+        click.echo(json.dumps(document, indent=2))
+        return
+    table = [
+        [
+            row["id"],
+            row["state"],
+            str(row["attempts"]),
+            "-" if row["priority"] is None else str(row["priority"]),
+            _held(row),
+            row["title"],
+            row["reason"],
+        ]
+        for row in rows
+    ]
+    print_table(["ID", "STATE", "ATTEMPTS", "PRIORITY", "WORKER", "TITLE", "REASON"], table)
+
+
+def _held(row: dict[str, Any]) -> str:
+    if row["worker"] is None:
+        return "-"
+    return f"w{row['worker']} since {row['since']}" if row["since"] else f"w{row['worker']}"
+
+
+def print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header) - 1)]
+    for row in [header, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        click.echo("  ".join([*cells, row[-1]]).rstrip())
