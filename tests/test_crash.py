@@ -4,6 +4,8 @@ The number of kills and the seed come from FAULT_KILLS and FAULT_SEED, so a
 longer campaign runs by hand with the same test:
 
     FAULT_KILLS=200 FAULT_SEED=7 .venv/bin/python -m pytest tests/test_crash.py -s
+
+It runs with one worker and with three (every worktree recovered after every kill).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from conftest import Project
 
 from ralph.memory.file import existing_learnings
@@ -40,7 +43,7 @@ def agent_leftovers(root: Path) -> list[int]:
     return found
 
 
-def build_backlog(project: Project, tasks: int) -> None:
+def build_backlog(project: Project, tasks: int, workers: int = 1) -> None:
     for n in range(1, tasks + 1):
         task = f"t{n:02d}"
         project.spec(task, f"# Task {task}\n\nWrite tasks/{task}.txt.\n", max_attempts=100)
@@ -54,17 +57,20 @@ def build_backlog(project: Project, tasks: int) -> None:
         # Every third task fails its first attempt, so rollbacks get killed too.
         first = {"steps": [{"write": f"tasks/{task}.txt", "content": "bad"}, {"sleep": 0.1}]}
         project.attempts(task, *([first, good] if n % 3 == 0 else [good]))
-    project.configure(checks=[CHECK], kill_grace="1s")
+    project.configure(checks=[CHECK], kill_grace="1s", workers=workers)
     project.commit()
 
 
-def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(project: Project) -> None:
+@pytest.mark.parametrize("workers", [1, 3], ids=["1-worker", "3-workers"])
+def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(
+    project: Project, workers: int
+) -> None:
     """After many SIGKILLs and restarts every task is committed once, checked, and clean."""
     kills_wanted = int(os.environ.get("FAULT_KILLS", "20"))
-    rng = random.Random(int(os.environ.get("FAULT_SEED", "1")))
+    rng = random.Random(int(os.environ.get("FAULT_SEED", "1")) + workers)
     # About five kills land per task; a longer campaign needs a longer backlog.
-    tasks = max(MIN_TASKS, kills_wanted // 4)
-    build_backlog(project, tasks)
+    tasks = max(MIN_TASKS, kills_wanted // 4) * (2 if workers > 1 else 1)
+    build_backlog(project, tasks, workers)
     kills = 0
     runs = 0
     while kills < kills_wanted:
@@ -92,6 +98,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(project: Pr
     memory = (project.root / "AGENTS.md").read_text()
     lessons = [memory.count(f"Lesson number {n} from") for n in range(1, tasks + 1)]
     figures = {
+        "workers": workers,
         "kills": kills,
         "runs": runs + 1,
         "tasks": tasks,
@@ -106,7 +113,8 @@ def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(project: Pr
     assert lost == [] and doubled == [] and unchecked == []
     assert orphans == []
     assert project.git("status", "--porcelain") == ""
-    assert project.current_attempt() is None
+    assert all(project.current_attempt(n) is None for n in range(workers))
+    assert "prunable" not in project.git("worktree", "list", "--porcelain")
     assert lessons == [1] * tasks
     assert len(existing_learnings(project.root / "AGENTS.md")) == tasks
 
