@@ -78,6 +78,7 @@ def own_flags(name: str, prompt_file: Path) -> tuple[list[str], str]:
                 "--output-format",
                 "stream-json",
                 "--verbose",
+                "--include-partial-messages",
                 "--dangerously-skip-permissions",
             ],
             "--model",
@@ -382,6 +383,27 @@ OUTAGE = Reason.API_OUTAGE
         ),
         pytest.param(
             "claude",
+            recorded("claude-401-retrying.jsonl", 1),
+            AgentReport(
+                0,
+                0,
+                0.0,
+                1,
+                "Invalid API key · Fix external API key",
+                AUTH,
+                None,
+                "Invalid API key",
+            ),
+            id="claude-401-after-retries",
+        ),
+        pytest.param(
+            "claude",
+            recorded("claude-partial-messages.jsonl", None, outcome="timeout"),
+            AgentReport(),
+            id="claude-partial-messages-timeout",
+        ),
+        pytest.param(
+            "claude",
             recorded("claude-killed.jsonl", None, outcome="timeout"),
             AgentReport(),
             id="claude-timeout",
@@ -410,6 +432,18 @@ OUTAGE = Reason.API_OUTAGE
         ),
         pytest.param(
             "codex",
+            recorded("codex-401-reconnecting.jsonl", 1),
+            AgentReport(failure=AUTH, detail="unexpected status 401 Unauthorized"),
+            id="codex-401-after-reconnects",
+        ),
+        pytest.param(
+            "codex",
+            recorded("codex-429-rate-limit.jsonl", 1),
+            AgentReport(failure=LIMIT, detail="last status: 429 Too Many Requests"),
+            id="codex-429",
+        ),
+        pytest.param(
+            "codex",
             recorded("codex-reconnected.jsonl", 0),
             AgentReport(900, 40, None, 1, "Done."),
             id="codex-reconnected",
@@ -434,6 +468,24 @@ OUTAGE = Reason.API_OUTAGE
         ),
         pytest.param(
             "gemini",
+            recorded("gemini-401.jsonl", 145),
+            AgentReport(0, 0, failure=AUTH, detail="UNAUTHENTICATED"),
+            id="gemini-401",
+        ),
+        pytest.param(
+            "gemini",
+            recorded("gemini-bad-key.jsonl", 144),
+            AgentReport(0, 0, failure=AUTH, detail="API_KEY_INVALID"),
+            id="gemini-bad-key",
+        ),
+        pytest.param(
+            "gemini",
+            recorded("gemini-503.log", 247),
+            AgentReport(0, 0, failure=OUTAGE, detail="The model is overloaded."),
+            id="gemini-503",
+        ),
+        pytest.param(
+            "gemini",
             recorded("gemini-auth.txt", 41),
             AgentReport(failure=AUTH, detail="gemini: authentication failed"),
             id="gemini-exit-41",
@@ -449,6 +501,22 @@ OUTAGE = Reason.API_OUTAGE
             recorded("opencode-auth.jsonl", 1),
             AgentReport(failure=AUTH, detail="ProviderAuthError Missing API key"),
             id="opencode-auth",
+        ),
+        pytest.param(
+            "opencode",
+            recorded("opencode-401.jsonl", 1),
+            AgentReport(failure=AUTH, detail="APIError invalid x-api-key"),
+            id="opencode-401",
+        ),
+        pytest.param(
+            "opencode",
+            recorded("opencode-429-retry-after.jsonl", 1),
+            AgentReport(
+                failure=LIMIT,
+                retry_at=NOW + timedelta(seconds=2),
+                detail="APIError Rate limit reached for gpt-5",
+            ),
+            id="opencode-429-retry-after",
         ),
         pytest.param(
             "opencode",

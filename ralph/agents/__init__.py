@@ -1,8 +1,9 @@
 """Agents: one small class per CLI, behind one Protocol, found by name.
 
-An agent says how to start itself for a prompt and how to read what it printed;
-running, timing out and killing it belong to ralph.processes. Adding a CLI is one
-module with one ``@register``-ed class.
+An agent says how to start itself for a prompt, how to read its output while it runs
+(``ralph.agents.live``) and what it printed once it has exited; running, timing out and
+killing it belong to ralph.runtime.processes. Adding a CLI is one module with one
+``@register``-ed class.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from ralph.agents.failures import classify_text, parse_reset
+from ralph.agents.live import LiveReader
 from ralph.errors import SettingsError
 from ralph.outcome import Reason
 from ralph.settings import Settings
@@ -86,6 +88,11 @@ class Agent(Protocol):
 
     def report(self, run: AgentRun, now: datetime) -> AgentReport:
         """Tokens, cost, turns, final message and, for a failed run, why it failed."""
+        ...
+
+    def live_reader(self, now: Callable[[], datetime]) -> LiveReader | None:
+        """A reader for one attempt's output as it arrives; None when the CLI streams no
+        events ralph can read. ``now`` gives the current time (UTC) for reset times."""
         ...
 
     def excludes(self) -> list[str]:
@@ -194,6 +201,9 @@ class Preset:
 
     def report(self, run: AgentRun, now: datetime) -> AgentReport:
         return text_report(run, now)
+
+    def live_reader(self, now: Callable[[], datetime]) -> LiveReader | None:
+        return None
 
 
 def text_report(run: AgentRun, now: datetime, known: AgentReport | None = None) -> AgentReport:

@@ -2,10 +2,17 @@
 
 Tokens come from ``turn.completed`` usage, summed; the final message is the last
 ``agent_message`` item; ``turn.failed`` and ``error`` events say why a run failed.
+
+While it runs, Codex announces each retry as an ``error`` event, "Reconnecting... 2/5
+(unexpected status 401 Unauthorized: ...)", and a request it gives up on as a plain
+``error`` followed by ``turn.failed``. Its events drop the structured error, so the class
+comes from the message's words, as after the exit.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,7 +28,23 @@ from ralph.agents import (
     register,
     text_report,
 )
-from ralph.agents.failures import classify_text
+from ralph.agents.failures import classify_status, classify_text
+from ralph.agents.live import (
+    EventReader,
+    LiveReader,
+    Signal,
+    SignalKind,
+    kind_of,
+    progress,
+    reset_in,
+    shorten,
+)
+from ralph.outcome import Reason
+
+_RECONNECTING = re.compile(r"Reconnecting\.\.\. (\d+)/(\d+)(?: \((.*)\))?", re.DOTALL)
+# "unexpected status 401 Unauthorized: ...", "last status: 429 Too Many Requests",
+# "(status 403 Forbidden)"
+_STATUS = re.compile(r"\bstatus:? (\d{3})\b")
 
 
 @register("codex")
@@ -42,6 +65,9 @@ class CodexAgent(Preset):
             *self.model_args("--model"),
         ]
         return self.finish(argv, stdin=prompt_file, last=("-",))  # "-": prompt from stdin
+
+    def live_reader(self, now: Callable[[], datetime]) -> LiveReader | None:
+        return CodexStream(now)
 
     def report(self, run: AgentRun, now: datetime) -> AgentReport:
         tokens_in = tokens_out = None
@@ -80,3 +106,56 @@ class CodexAgent(Preset):
         text = " ".join(errors)
         failure = classify_text(text) or classify_text(run.tail[-2000:])
         return failed(known, text, now, failure, text)
+
+
+class CodexStream(EventReader):
+    """Codex's ``exec --json`` events, read line by line while it runs."""
+
+    def event(self, event: dict[str, Any]) -> list[Signal]:
+        kind = event["type"]
+        if kind == "error":
+            return [self._error(str(event.get("message") or ""))]
+        if kind == "turn.failed":
+            error = event.get("error")
+            message = str(error.get("message") or "") if isinstance(error, dict) else ""
+            verdict = self._giving_up(message)
+            return [*([verdict] if verdict else []), Signal(SignalKind.FINAL, "turn.failed")]
+        if kind == "turn.completed":
+            return [Signal(SignalKind.FINAL, "turn.completed")]
+        item = event.get("item")
+        what = item.get("type") if isinstance(item, dict) else None
+        return [progress(f"{kind} {what}" if isinstance(what, str) else kind)]
+
+    def _error(self, message: str) -> Signal:
+        reconnecting = _RECONNECTING.match(message)
+        if reconnecting is None:
+            return self._giving_up(message) or progress(f"error: {message}")
+        cause = reconnecting.group(3) or ""
+        status, failure = _classify(cause)
+        return Signal(
+            kind_of(failure, SignalKind.RETRYING),
+            shorten(message),
+            status,
+            cli_retries=True,
+            retry=int(reconnecting.group(1)),
+            max_retries=int(reconnecting.group(2)),
+        )
+
+    def _giving_up(self, message: str) -> Signal | None:
+        """A request Codex does not retry: the class its message names, if any."""
+        status, failure = _classify(message)
+        if failure is None:
+            return None
+        return Signal(
+            kind_of(failure, SignalKind.PROGRESS),
+            shorten(message),
+            status,
+            reset_in(message, failure, self.now()),
+        )
+
+
+def _classify(message: str) -> tuple[int | None, Reason | None]:
+    """The HTTP status a Codex error message names, and its failure class."""
+    found = _STATUS.search(message)
+    status = int(found.group(1)) if found else None
+    return status, classify_status(status) or classify_text(message)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,6 +20,8 @@ from ralph.agents import (
     register,
     text_report,
 )
+from ralph.agents.claude import ClaudeStream
+from ralph.agents.live import LiveReader
 from ralph.errors import SettingsError
 from ralph.settings import Settings
 
@@ -72,6 +75,11 @@ class ScriptedAgent(Preset):
 
     def model(self) -> str | None:
         return None  # the scripted agent has no model
+
+    def live_reader(self, now: Callable[[], datetime]) -> LiveReader | None:
+        """Read live as Claude Code: a script plays a CLI's retries, refusals and silences
+        by printing Claude Code's stream-json events (its ``print`` and ``sleep`` steps)."""
+        return ClaudeStream(now)
 
     def report(self, run: AgentRun, now: datetime) -> AgentReport:
         """The scripted agent reports figures as a ``{"ralph_report": {...}}`` line."""
