@@ -14,8 +14,6 @@ from ralph.backlog.specs import load_specs
 from ralph.backlog.state import StateStore
 from ralph.backlog.tasks import State, Task, TaskRecord, next_task, plan
 from ralph.settings import Settings
-from ralph.vcs.gitenv import Git
-from ralph.vcs.history import DoneTasks
 
 
 @dataclass(frozen=True)
@@ -44,20 +42,16 @@ def read_backlog(
     root: Path,
     settings: Settings,
     state: StateStore,
-    git: Git,
-    branch: str,
+    done_ids: Collection[str],
     *,
-    done: DoneTasks | None = None,
     running: Collection[str] = (),
 ) -> Backlog:
-    """The state of every task now: specs from ``specs_dir``, done-ness from the history of
-    ``branch``, attempts and failures from ralph's records, and ``running`` as ralph says.
-
-    ``done`` keeps what it read between calls (a daemon passes the same one every time).
-    Blocking: it reads files and runs git.
+    """The state of every task now: specs from ``specs_dir``, ``done_ids`` from the history
+    of the work branch, attempts and failures from ralph's records, and ``running`` as
+    ralph says. Blocking: it reads files.
     """
     spec_set = load_specs(root / settings.specs_dir, f"{settings.specs_dir.as_posix()}/")
-    done_ids = (done or DoneTasks()).read(git, branch)
+    done_ids = set(done_ids)
     records = state.records({spec.id: spec.digest for spec in spec_set.specs})
     for task_id, record in list(records.items()):
         if record.done_commit and task_id not in done_ids:

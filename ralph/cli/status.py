@@ -17,6 +17,7 @@ from ralph.runtime.lock import lock_holder
 from ralph.settings import Settings
 from ralph.vcs import repo
 from ralph.vcs.gitenv import Git, GitEnv, records_dir
+from ralph.vcs.history import DoneTasks
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ def read_status(root: Path, settings: Settings) -> Status:
     try:
         branch = repo.branch_name(root) or "HEAD"
         running = list(intents) if live else []
-        backlog = read_backlog(root, settings, state, Git(root, git_env), branch, running=running)
+        done = DoneTasks().read(Git(root, git_env), branch)
+        backlog = read_backlog(root, settings, state, done, running=running)
     finally:
         git_env.discard()
     return Status(backlog, intents, live, _size(root / repo.STATE_DIR))

@@ -34,7 +34,6 @@ from ralph.runtime import cgroups
 from ralph.runtime.processes import ProcessResult, ProcessTree, run_in_group
 from ralph.vcs import trees
 from ralph.vcs.gitenv import Git
-from ralph.vcs.history import branch_tip
 from ralph.vcs.receipts import Receipt
 
 log = structlog.get_logger("ralph")
@@ -157,7 +156,7 @@ async def record_start(worker: Worker, spec: Spec, number: int) -> Attempt:
     run = worker.run
     who = f"{worker.name}: " if run.settings.workers > 1 else ""
     run.notify.status(f"{who}task {spec.id} attempt {number}")
-    start = await to_thread.run_sync(branch_tip, run.git, run.branch)
+    start = await to_thread.run_sync(run.target.tip)
     attempt_dir = await to_thread.run_sync(_attempt_dir, worker, spec.id, number)
     tree = await to_thread.run_sync(_fresh_worktree, worker, start)
     common = Path(run.git.run("rev-parse", "--path-format=absolute", "--git-common-dir").strip())
@@ -624,7 +623,7 @@ async def commit_learnings_only(
     if run.settings.learnings == "review":
         await to_thread.run_sync(_to_review, worker, task_id, list(learnings))
         return
-    tip = await to_thread.run_sync(branch_tip, run.git, run.branch)
+    tip = await to_thread.run_sync(run.target.tip)
     tree = await to_thread.run_sync(trees.tree_of, run.git, tip)
     change = Change(task_id, tip, tree, learnings, checked=False)
     message = task_message(

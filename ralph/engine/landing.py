@@ -16,18 +16,17 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 import anyio
 import structlog
 from anyio import to_thread
 
 from ralph.engine.gate import Verdict
+from ralph.engine.integration import Published
 from ralph.engine.worker import Run, Worker
 from ralph.memory import file as memory
 from ralph.outcome import Reason
-from ralph.vcs import land, trees
-from ralph.vcs.history import branch_tip
+from ralph.vcs import trees
 
 log = structlog.get_logger("ralph")
 
@@ -81,11 +80,10 @@ async def _land(
 ) -> Landed | Verdict:
     run = worker.run
     spent = 0.0
+    target = run.target
     for _round in range(MAX_ROUNDS):
-        tip = await to_thread.run_sync(branch_tip, run.git, run.branch)
-        if change.checked and change.task_id in await to_thread.run_sync(
-            run.done.read, run.git, run.branch
-        ):
+        tip = await to_thread.run_sync(target.tip)
+        if change.checked and change.task_id in await to_thread.run_sync(target.done):
             return Landed(None)
         built = await to_thread.run_sync(_on_tip, run, change, tip)
         if isinstance(built, Verdict):
@@ -110,8 +108,8 @@ async def _land(
             if verdict is not None:
                 return verdict
         commit = await to_thread.run_sync(trees.commit_tree, run.git, tree, [tip], message(spent))
-        result = await _advance(worker, change, tip, commit)
-        if isinstance(result, land.Landed):
+        result = await to_thread.run_sync(target.publish, change.task_id, tip, commit)
+        if isinstance(result, Published):
             return Landed(commit, tuple(added), spent)
         if not result.moved:
             return Verdict(
@@ -158,41 +156,3 @@ def _with_learnings(run: Run, tree: str, change: Change) -> tuple[str, list[memo
     index = run.state.dir / "scratch" / f"memory-{change.task_id.replace('/', '_')}.index"
     index.parent.mkdir(parents=True, exist_ok=True)
     return trees.with_file(run.git, tree, path, updated, index), added
-
-
-async def _advance(
-    worker: Worker, change: Change, tip: str, commit: str
-) -> land.Landed | land.Refused:
-    """Move the branch, with the landing on record first so a kill mid-way can be finished
-    or undone by the next start (engine.recovery)."""
-    run = worker.run
-    scratch = worker.scratch
-    scratch.mkdir(parents=True, exist_ok=True)
-    plan = await to_thread.run_sync(land.plan_landing, run.git, run.branch, scratch)
-    record = {"task": change.task_id, "branch": run.branch, "old": tip, "new": commit}
-    await to_thread.run_sync(run.state.begin_landing, {**record, **plan.as_json()})
-
-    def waiting(lock: Path) -> None:
-        run.events.emit("waiting_for_git", task=change.task_id, lock=str(lock))
-        log.warning(
-            "ralph.waiting_for_git",
-            lock=str(lock),
-            detail="a git command of yours holds the work tree's index; ralph lands after it",
-        )
-
-    patience = land.Patience(waiting=waiting, give_up=lambda: run.stop.is_requested)
-    try:
-        return await to_thread.run_sync(
-            lambda: land.advance(
-                run.git,
-                run.branch,
-                tip,
-                commit,
-                plan,
-                reason=f"ralph: {change.task_id}",
-                patience=patience,
-            )
-        )
-    finally:
-        with anyio.CancelScope(shield=True):
-            await to_thread.run_sync(run.state.end_landing)

@@ -33,7 +33,6 @@ from ralph.memory.file import read_learnings_file
 from ralph.runtime import cgroups
 from ralph.runtime.processes import kill_now, processes_with_env, start_time
 from ralph.vcs import land, repo, trees
-from ralph.vcs.history import branch_tip
 
 log = structlog.get_logger("ralph")
 
@@ -83,11 +82,11 @@ async def _recover_attempt(run: Run, intent: AttemptIntent) -> None:
         learnings = tuple(
             await to_thread.run_sync(read_learnings_file, attempt_dir / "learnings.md")
         )
-        done = intent.task_id in await to_thread.run_sync(run.done.read, run.git, run.branch)
+        done = intent.task_id in await to_thread.run_sync(run.target.done)
         if not done:
             await to_thread.run_sync(_count_the_attempt, run, intent)
         await commit_learnings_only(worker, MergeQueue(), intent.task_id, intent.attempt, learnings)
-        tip = await to_thread.run_sync(branch_tip, run.git, run.branch)
+        tip = await to_thread.run_sync(run.target.tip)
         await to_thread.run_sync(trees.prepare_worktree, run.git, worker.worktree, tip)
         run.events.emit(
             "attempt_recovered",
@@ -217,7 +216,7 @@ async def _recover_legacy(run: Run) -> None:
     task_id = raw.get("task_id")
     attempt = raw.get("attempt")
     if isinstance(task_id, str) and isinstance(attempt, int) and attempt > 0:
-        done = task_id in run.done.read(run.git, run.branch)
+        done = task_id in run.target.done()
         task = (await to_thread.run_sync(run.backlog)).get(task_id)
         if task is not None and task.spec is not None and not done:
             summary = "ralph was killed during this attempt; its changes were rolled back."

@@ -11,6 +11,7 @@ from ralph.agents import Agent
 from ralph.backlog.snapshot import Backlog, read_backlog
 from ralph.backlog.specs import Spec
 from ralph.backlog.state import StateStore
+from ralph.engine.integration import Integration, LocalBranch
 from ralph.observe.telemetry import EventLog
 from ralph.observe.tracing import NoSpans, Spans
 from ralph.runtime.processes import Stop
@@ -18,7 +19,6 @@ from ralph.runtime.service import Notifier
 from ralph.settings import Settings
 from ralph.vcs import repo
 from ralph.vcs.gitenv import Git
-from ralph.vcs.history import DoneTasks
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,27 @@ class Run:
     """git in the user's work tree, run ralph's way (ralph.vcs.gitenv)."""
     spans: Spans = field(default_factory=NoSpans)
     notify: Notifier = field(default_factory=lambda: Notifier(None))
-    done: DoneTasks = field(default_factory=DoneTasks)
     cgroups: Path | None = None
     """The cgroup folder this ralph made for its attempts; None: process groups only."""
+    integration: Integration | None = None
+    """Where passed changes land; None: the local work branch (built on first use)."""
+
+    def __post_init__(self) -> None:
+        if self.integration is None:
+            local = LocalBranch(
+                self.git,
+                self.branch,
+                self.state,
+                self.events,
+                self.stop,
+                self.state.dir / "scratch",
+            )
+            object.__setattr__(self, "integration", local)
+
+    @property
+    def target(self) -> Integration:
+        assert self.integration is not None
+        return self.integration
 
     @property
     def ralph_dir(self) -> Path:
@@ -49,13 +67,7 @@ class Run:
     def backlog(self, running: Collection[str] = ()) -> Backlog:
         """Every task's state now (blocking: run it in a thread)."""
         return read_backlog(
-            self.root,
-            self.settings,
-            self.state,
-            self.git,
-            self.branch,
-            done=self.done,
-            running=running,
+            self.root, self.settings, self.state, self.target.done(), running=running
         )
 
     def max_attempts(self, spec: Spec) -> int:

@@ -22,7 +22,12 @@ class DoneTasks:
     ids: frozenset[str] = frozenset()
 
     def read(self, git: Git, branch: str) -> set[str]:
-        tip = git.run("rev-parse", "-q", "--verify", f"refs/heads/{branch}", check=False).strip()
+        """The task ids committed on ``branch``."""
+        return self.read_ref(git, f"refs/heads/{branch}")
+
+    def read_ref(self, git: Git, ref: str) -> set[str]:
+        """The task ids committed in the history of ``ref`` (a branch, a remote's copy)."""
+        tip = git.run("rev-parse", "-q", "--verify", ref, check=False).strip()
         if not tip:
             self.tip, self.ids = "", frozenset()
             return set()
