@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import reprlib
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -142,6 +143,16 @@ class Settings(BaseSettings):
 
     keep_attempts_for: Duration = 30 * 86400.0
     """Attempt folders older than this are removed (with the same exceptions)."""
+
+    queue: str | None = None
+    """A PostgreSQL URL: every ``ralph run`` given it, on any machine, shares one backlog
+    (needs ``ralphd[queue]``; see docs/distributed.md)."""
+
+    remote: str = "origin"
+    """With ``queue``: the remote whose copy of the work branch is where changes land."""
+
+    stall_timeout: Duration = 60.0
+    """With ``queue``: a process not heard from for this long loses its tasks to the others."""
 
     run_hooks: bool = False
     """Run the repository's pre-commit and commit-msg hooks (as they were when ralph started)
@@ -302,7 +313,7 @@ def _json_value(key: str, name: str, raw: str, kind: type) -> Any:
         what, example = _JSON_EXAMPLES[kind]
         raise SettingsError(
             f"{key}: environment variable {name} must be {what}, "
-            f"e.g. {name}='{example}': got {raw!r}"
+            f"e.g. {name}='{example}': got {_shown(raw)}"
         )
     return value
 
@@ -321,8 +332,8 @@ def _check_agent(settings: Settings, agent_source: str) -> None:
 
 def _describe(exc: ValidationError, sources: Mapping[str, str], file_label: str) -> str:
     lines = []
-    for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "settings"
+    for error in exc.errors()[:10]:
+        key = _cut(".".join(str(part) for part in error["loc"]) or "settings", 100)
         top = str(error["loc"][0]) if error["loc"] else ""
         source = sources.get(top, file_label)
         if error["type"] == "extra_forbidden":
@@ -330,6 +341,21 @@ def _describe(exc: ValidationError, sources: Mapping[str, str], file_label: str)
         elif error["type"] == "missing":
             lines.append(f"{key}: required, no default (set it in {file_label})")
         else:
-            message = str(error["msg"]).removeprefix("Value error, ")
-            lines.append(f"{key}: {message}: got {error.get('input')!r} (from {source})")
+            message = _cut(str(error["msg"]).removeprefix("Value error, "))
+            lines.append(f"{key}: {message}: got {_shown(error.get('input'))} (from {source})")
     return "; ".join(lines)
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 6
+_SHORT.maxlevel = 3
+
+
+def _shown(value: object) -> str:
+    """A bounded ``repr`` of a bad value: the message names it without repeating all of it."""
+    return _SHORT.repr(value)
+
+
+def _cut(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

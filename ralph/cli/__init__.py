@@ -4,31 +4,24 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-import anyio
 import click
 import structlog
 
-from ralph import __version__, agents
+from ralph import __version__
 from ralph.backlog.snapshot import Backlog
 from ralph.backlog.state import StateStore
 from ralph.backlog.tasks import State
+from ralph.cli.app import Context, agent_problems
 from ralph.cli.doctor import Finding, examine
 from ralph.cli.learnings import learnings_group
+from ralph.cli.run import run_command
 from ralph.cli.scaffold import init_repository
 from ralph.cli.status import print_status, print_table, read_status
-from ralph.durations import parse_deadline
-from ralph.engine import loop
-from ralph.engine.ledger import RunOptions
-from ralph.engine.worker import Run
 from ralph.errors import RalphError, SettingsError, UsageError
 from ralph.observe.report import write_report
 from ralph.observe.stats import (
@@ -43,32 +36,11 @@ from ralph.observe.stats import (
     work_branch,
 )
 from ralph.observe.telemetry import EventLog, configure_logging, new_run_id
-from ralph.observe.tracing import spans_from_environment
-from ralph.runtime import cgroups
-from ralph.runtime.lock import RepoLock
-from ralph.runtime.lock import lock_holder as lock_holder
-from ralph.runtime.processes import Stop, become_subreaper
-from ralph.runtime.service import Notifier, beat
-from ralph.settings import Settings, load_settings
+from ralph.settings import Settings
 from ralph.vcs import repo
-from ralph.vcs.gitenv import Git, GitEnv, records_dir
+from ralph.vcs.gitenv import records_dir
 
 log = structlog.get_logger("ralph")
-
-
-@dataclass(frozen=True)
-class Context:
-    """What the global options say, for every command."""
-
-    path: Path
-    log_format: str
-    verbose: bool
-
-    def root(self) -> Path:
-        return repo.find_root(self.path)
-
-    def settings(self, root: Path, **flags: Any) -> Settings:
-        return load_settings(root, flags)
 
 
 class RalphGroup(click.Group):
@@ -145,137 +117,6 @@ def init(app: Context) -> None:
     click.echo("next: commit these files, write specs, then `ralph run --once` or `ralph run`")
 
 
-@cli.command()
-@click.option("--once", is_flag=True, help="Work through the backlog, then exit (for cron).")
-@click.option("--max-tasks", type=click.IntRange(min=1), help="Stop after N tasks were attempted.")
-@click.option("--deadline", help="Take no new task after this time (06:00) or duration (6h).")
-@click.option("--agent", help="Override the agent setting for this run.")
-@click.option("--max-attempts", type=int, help="Override max_attempts for this run.")
-@click.option("--workers", type=int, help="Agents at once, each in its own worktree.")
-@click.pass_obj
-def run(
-    app: Context,
-    *,
-    once: bool,
-    max_tasks: int | None,
-    deadline: str | None,
-    agent: str | None,
-    max_attempts: int | None,
-    workers: int | None,
-) -> None:
-    """Run the loop: the daemon by default, a batch with --once."""
-    root = app.root()
-    settings = app.settings(root, agent=agent, max_attempts=max_attempts, workers=workers)
-    deadline_at = _deadline(deadline)
-    problems = _agent_problems(settings, root)
-    if problems:
-        raise SettingsError(problems[0])
-    the_agent = agents.make_agent(settings, root)
-    branch = repo.current_branch(root)
-    specs_root = root / settings.specs_dir
-    if not specs_root.is_dir():
-        raise UsageError(f"specs_dir: {settings.specs_dir} does not exist in {root} (ralph init)")
-    records = records_dir(root, os.environ)
-    with _lock(root, records):
-        repo.ensure_excluded(root, the_agent.excludes())
-        become_subreaper()
-        environment = dict(os.environ)
-        scratch = _fresh_scratch(records)
-        git_env = GitEnv.snapshot(root, environment, scratch)
-        cgroup = cgroups.make_parent(f"ralph-{os.getpid()}")
-        the_run = Run(
-            root=root,
-            settings=settings,
-            agent=the_agent,
-            env=environment,
-            events=EventLog(root / repo.STATE_DIR / "events.jsonl", new_run_id()),
-            state=StateStore(records, legacy=root / repo.STATE_DIR),
-            stop=Stop(),
-            branch=branch,
-            git=Git(root, git_env),
-            spans=spans_from_environment(environment),
-            notify=Notifier.from_environment(environment),
-            cgroups=cgroup,
-        )
-        options = RunOptions(once=once, max_tasks=max_tasks)
-        try:
-            code = anyio.run(_serve, the_run, options, deadline_at)
-        finally:
-            the_run.spans.shutdown()
-            git_env.discard()
-            if cgroup is not None:
-                cgroups.remove(cgroup)
-    sys.exit(code)
-
-
-def _lock(root: Path, records: Path) -> RepoLock:
-    return RepoLock(root / repo.STATE_DIR / "lock", records.parent)
-
-
-def _fresh_scratch(records: Path) -> Path:
-    """This process's private folder in ralph's records; those of dead ralphs are removed."""
-    runs = records / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
-    for old in runs.iterdir():
-        if old.name.isdigit() and not _alive(int(old.name)):
-            shutil.rmtree(old, ignore_errors=True)
-    for old in cgroups.stale_parents("ralph-", _alive):
-        cgroups.remove(old)
-    return runs / str(os.getpid())
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _deadline(text: str | None) -> datetime | None:
-    if text is None:
-        return None
-    try:
-        return parse_deadline(text, datetime.now().astimezone())
-    except ValueError as exc:
-        raise UsageError(f"--deadline: {exc}") from None
-
-
-async def _serve(the_run: Run, options: RunOptions, deadline: datetime | None) -> int:
-    async with anyio.create_task_group() as group:
-        group.start_soon(_watch_signals, the_run)
-        group.start_soon(beat, the_run.notify, the_run.ralph_dir)
-        if deadline is not None:
-            group.start_soon(_stop_at, deadline, the_run.stop)
-        await loop.prepare(the_run)  # recovery finishes even if a signal arrives meanwhile
-        the_run.notify.ready("ready: working through the backlog")
-        code = await loop.run(the_run, options)
-        the_run.notify.stopping()
-        group.cancel_scope.cancel()
-    return code
-
-
-async def _watch_signals(the_run: Run) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            name = signal.Signals(signum).name
-            log.warning(
-                "ralph.signal",
-                signal=name,
-                action="stopping now" if the_run.stop.is_requested else "stopping after cleanup",
-            )
-            the_run.notify.stopping()
-            the_run.stop.request(name)
-
-
-async def _stop_at(deadline: datetime, stop: Stop) -> None:
-    await anyio.sleep(max(0.0, (deadline - datetime.now().astimezone()).total_seconds()))
-    log.warning("ralph.deadline_reached", deadline=deadline.isoformat(timespec="minutes"))
-    stop.request("deadline")
-
-
 def _backlog(root: Path, settings: Settings) -> Backlog:
     """Every task's state; the tasks a running ralph is attempting show as running."""
     return read_status(root, settings).backlog
@@ -303,7 +144,7 @@ def validate(app: Context) -> None:
     if not (root / settings.specs_dir).is_dir():
         click.echo(f"specs_dir: {settings.specs_dir} does not exist")
         sys.exit(1)
-    problems = _agent_problems(settings, root) + [
+    problems = agent_problems(settings, root) + [
         task.reason if task.state is State.INVALID else f"{task.path}: {task.reason}"
         for task in _backlog(root, settings)
         if task.state is State.INVALID or (task.blocker is not None and not task.blocker.by_failure)
@@ -314,17 +155,6 @@ def validate(app: Context) -> None:
         click.echo(f"{len(problems)} problem(s) found", err=True)
         sys.exit(1)
     click.echo("settings and specs are valid")
-
-
-def _agent_problems(settings: Settings, root: Path) -> list[str]:
-    """Why the configured agent can't run, if it can't."""
-    try:
-        the_agent = agents.make_agent(settings, root)
-    except SettingsError as exc:
-        return [str(exc)]
-    if agents.resolve_executable(the_agent.executable(), root) is None:
-        return [f"agent: executable {the_agent.executable()!r} is not on PATH (or not executable)"]
-    return []
 
 
 @cli.command()
@@ -407,6 +237,7 @@ def doctor(app: Context) -> None:
 
 
 cli.add_command(learnings_group)
+cli.add_command(run_command)
 
 
 def main(argv: list[str] | None = None) -> None:

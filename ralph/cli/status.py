@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import click
 
 from ralph.backlog.snapshot import Backlog, read_backlog
@@ -30,6 +31,8 @@ class Status:
     live: bool
     """A ralph holds the lock: the attempts on record are running now."""
     ralph_dir_bytes: int
+    holders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """With a queue: task id → who holds it (host, pid, since), any machine."""
 
     def task_rows(self) -> list[dict[str, Any]]:
         return [self._row(task) for task in self.backlog]
@@ -40,6 +43,7 @@ class Status:
         row["worker"] = intent.worker if intent and self.live else None
         row["since"] = intent.since or None if intent and self.live else None
         row["interrupted_attempt"] = intent.attempt if intent and not self.live else None
+        row["held_by"] = self.holders.get(task.id)
         if intent is not None and not self.live and task.state is State.PENDING:
             row["reason"] = (
                 f"attempt {intent.attempt} was interrupted (ralph was killed); the next "
@@ -63,7 +67,33 @@ def read_status(root: Path, settings: Settings) -> Status:
         backlog = read_backlog(root, settings, state, done, running=running)
     finally:
         git_env.discard()
-    return Status(backlog, intents, live, _size(root / repo.STATE_DIR))
+    holders = _fleet_holders(settings) if settings.queue else {}
+    return Status(backlog, intents, live, _size(root / repo.STATE_DIR), holders)
+
+
+def _fleet_holders(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Who holds which task in the shared queue; {} (with a warning) when it can't be read."""
+    from ralph.fleet import FleetError, FleetQueue
+
+    assert settings.queue is not None
+
+    async def read() -> dict[str, dict[str, Any]]:
+        async with FleetQueue(settings.queue or "", stall_timeout=settings.stall_timeout) as queue:
+            return {
+                holder.task_id: {
+                    "host": holder.host,
+                    "pid": holder.pid,
+                    "since": holder.since.isoformat(timespec="seconds") if holder.since else None,
+                    "stalled": holder.stalled,
+                }
+                for holder in await queue.holders()
+            }
+
+    try:
+        return anyio.run(read)
+    except FleetError as exc:
+        click.echo(f"ralph: the queue can't be read ({exc}); holders not shown", err=True)
+        return {}
 
 
 def _size(folder: Path) -> int:
@@ -104,6 +134,9 @@ def print_status(status: Status, as_json: bool) -> None:
 
 
 def _held(row: dict[str, Any]) -> str:
+    if row.get("held_by"):
+        held = row["held_by"]
+        return f"{held['host']}:{held['pid']}" if held["host"] else "stalled"
     if row["worker"] is None:
         return "-"
     return f"w{row['worker']} since {row['since']}" if row["since"] else f"w{row['worker']}"

@@ -4,6 +4,7 @@ publish a commit made on that tip."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -81,6 +82,8 @@ class RemoteBranch:
 
     local: LocalBranch
     remote: str
+    before_push: Callable[[str], None] = lambda _task_id: None
+    """Raises when the task is no longer this process's to push (its claim was lost)."""
     done_tasks: DoneTasks = field(default_factory=DoneTasks)
 
     def tip(self) -> str:
@@ -91,6 +94,7 @@ class RemoteBranch:
         return self.done_tasks.read_ref(self.local.git, ref)
 
     def publish(self, task_id: str, old: str, new: str) -> Published | NotPublished:
+        self.before_push(task_id)
         accepted, said = remote.push(self.local.git, self.remote, self.local.branch, new)
         if not accepted:
             return NotPublished(True, f"the push was rejected: {said[-300:]}")

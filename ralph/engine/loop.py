@@ -17,7 +17,6 @@ from watchfiles import awatch
 
 from ralph.backlog.snapshot import Backlog
 from ralph.backlog.tasks import State, Task
-from ralph.engine import schedule
 from ralph.engine.landing import MergeQueue
 from ralph.engine.ledger import BreakerTripped, Ledger, RunEnd, RunOptions, TaskOutcome
 from ralph.engine.limits import LimitTooFar, Pause
@@ -143,22 +142,23 @@ class Loop:
         error: RalphError | None = None
         async with anyio.create_task_group() as group, receive:
             while True:
-                end = end or self._why_stop()
+                end = end or await self._why_stop()
                 if end is not None and not self.running:
                     break
                 if end is None:
                     self.wakeup.clear()  # a change from now on wakes the wait below
                     backlog = await to_thread.run_sync(self.run.backlog, list(self.running))
                     self._report_invalid(backlog)
-                    started = self._start(group, send, backlog)
-                    if not started and not self.running and self.options.once:
+                    started = await self._start(group, send, backlog)
+                    nothing = not started and not self.running
+                    if nothing and self.options.once and not await self._others_hand_back():
                         end = RunEnd.BACKLOG_DONE
                         continue
                     if not started and not self.running:
                         self.run.notify.status("idle: waiting for new specs")
                 finished = await self._next_finished(receive)
                 for done in finished:
-                    error = error or self._account(done)
+                    error = error or await self._account(done)
                 if error is not None:
                     self.run.stop.request("error")
                     end = end or RunEnd.ERROR
@@ -167,22 +167,30 @@ class Loop:
         assert end is not None
         return end
 
-    def _why_stop(self) -> RunEnd | None:
+    async def _others_hand_back(self) -> bool:
+        return await self.run.claims.others_will_hand_back()
+
+    async def _why_stop(self) -> RunEnd | None:
         if self.run.stop.is_requested:
             return RunEnd.DEADLINE if self.run.stop.reason == "deadline" else RunEnd.SIGNAL
         if self.options.max_tasks is not None and self.started >= self.options.max_tasks:
             return RunEnd.MAX_TASKS
+        fleet_spend = await self.run.claims.spent()
+        if fleet_spend is not None:  # max_cost_usd counts across the fleet
+            self.ledger.spent = fleet_spend
         return self.ledger.enough()
 
-    def _start(
+    async def _start(
         self, group: TaskGroup, send: MemoryObjectSendStream[Finished], backlog: Backlog
     ) -> int:
-        """Start as many tasks as free workers, --max-tasks and the schedule allow."""
+        """Start as many tasks as free workers, --max-tasks and the claims allow."""
         room = len(self.free)
         if self.options.max_tasks is not None:
             room = min(room, self.options.max_tasks - self.started)
+        if room <= 0:
+            return 0
         running = [held.task for held in self.running.values()]
-        picked = schedule.pick(backlog, running, room)
+        picked = await self.run.claims.pick(backlog, running, room)
         for task in picked:
             worker = self.free.pop()
             self.running[task.id] = Finished(worker, task, None)
@@ -236,11 +244,12 @@ class Loop:
             except (anyio.WouldBlock, anyio.EndOfStream):
                 return finished
 
-    def _account(self, done: Finished) -> RalphError | None:
+    async def _account(self, done: Finished) -> RalphError | None:
         """A worker is free again; its task is counted (the breaker may trip)."""
         self.running.pop(done.task.id, None)
         self.free.append(done.worker)
         self._status()
+        await self.run.claims.ended(done.task, done.outcome)
         if done.error is not None:
             return done.error
         assert done.outcome is not None

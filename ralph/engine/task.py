@@ -57,7 +57,7 @@ async def _run_task(worker: Worker, queue: MergeQueue, pause: Pause, task: Task)
         failed_checks: Counter[str] = Counter()
         # A task killed in its last attempt comes back with no attempts left: it failed.
         last = task.last_reason or Reason.INTERRUPTED
-        number, conflicts = task.attempts + 1, 0
+        number, conflicts = await run.claims.attempts_used(task) + 1, 0
         while number <= limit:
             with structlog.contextvars.bound_contextvars(attempt=number):
                 outcome, cost = await attempt_through_limits(worker, queue, pause, spec, number)
@@ -77,6 +77,7 @@ async def _run_task(worker: Worker, queue: MergeQueue, pause: Pause, task: Task)
                 break
             conflicts = 0
             await to_thread.run_sync(_record_attempt, worker, spec, number, outcome)
+            await run.claims.counted(task, cost)
             if outcome.reason.passed:
                 commit = outcome.commit or ""
                 if commit:
@@ -89,7 +90,8 @@ async def _run_task(worker: Worker, queue: MergeQueue, pause: Pause, task: Task)
             if run.stop.is_requested:  # recorded above; the next attempt waits for a new run
                 return TaskOutcome("interrupted", cost_usd=spent)
             number += 1
-        await _task_failed(worker, queue, spec, (min(number, limit), last), failed_checks)
+        reason = await _task_failed(worker, queue, spec, (min(number, limit), last), failed_checks)
+        await run.claims.failed(task, reason)
         return TaskOutcome("failed", last, spent)
 
 
@@ -120,8 +122,9 @@ async def _task_failed(
     spec: Spec,
     ended: tuple[int, Reason],
     failed_checks: Counter[str],
-) -> None:
-    """Mark the task failed, say so once, and keep the lesson of the failure when it has one."""
+) -> str:
+    """Mark the task failed, say so once, and keep the lesson of the failure when it has one;
+    return the reason shown for it."""
     run = worker.run
     attempts, last = ended
     summary = await to_thread.run_sync(run.state.last_failure, spec.id, spec.digest)
@@ -149,3 +152,4 @@ async def _task_failed(
             (lesson,),
             subject=f"Record why task {spec.id} failed",
         )
+    return reason

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 from ralph.agents import Agent
@@ -19,6 +20,16 @@ from ralph.runtime.service import Notifier
 from ralph.settings import Settings
 from ralph.vcs import repo
 from ralph.vcs.gitenv import Git
+
+if TYPE_CHECKING:
+    from ralph.engine.claims import Claims
+    from ralph.fleet import FleetQueue
+
+
+def _local_claims() -> Claims:
+    from ralph.engine.claims import LocalClaims  # the claims module builds on this one
+
+    return LocalClaims()
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,10 @@ class Run:
     """The cgroup folder this ralph made for its attempts; None: process groups only."""
     integration: Integration | None = None
     """Where passed changes land; None: the local work branch (built on first use)."""
+    claims: Claims = field(default_factory=lambda: _local_claims())
+    """Who may work on which task: this process alone, or a fleet sharing a queue."""
+    fleet: FleetQueue | None = None
+    """With the ``queue`` setting: the shared queue (opened by the CLI)."""
 
     def __post_init__(self) -> None:
         if self.integration is None:
