@@ -23,7 +23,10 @@ from ralph.memory.file import (
     merge_learnings,
     normalise,
     read_learnings_file,
+    read_raw_learnings,
+    remove_learnings,
     same_lesson,
+    screened_lines,
 )
 
 DAY = "2026-11-23"
@@ -618,3 +621,46 @@ def test_archive_learnings_appends_under_its_heading(
     assert data.startswith(expected_start)
     assert data.endswith(b"- [a \xc2\xb7 2026-01-01] one\n- [b \xc2\xb7 2026-01-02] two\n")
     assert data.count(b"] one\n") == 1
+
+
+# --- for the screen, revert and audit ---------------------------------------------------------
+
+
+def test_read_raw_learnings_keeps_what_cleaning_removes(tmp_path: Path) -> None:
+    """The raw learnings are the same ones read_learnings_file takes, before cleaning: the
+    invisible characters the screen must see are still there."""
+    content = "- Use\u200b uv\n- Use uv\n- \x1b[2Jcleared\n-\n- fourth\n"
+    path = _write(tmp_path / "learnings.md", content)
+    raw = read_raw_learnings(path, limit=2)
+    assert raw == ["Use\u200b uv", "\x1b[2Jcleared"]
+    assert [clean_learning(text) for text in raw] == read_learnings_file(path, limit=2)
+
+
+def test_remove_learnings_drops_one_tasks_entries(tmp_path: Path) -> None:
+    """Entries labelled with the task go; other entries, people's lines and the text outside
+    the section stay, and blank lines left behind fold into one."""
+    memory = _write(
+        tmp_path / "AGENTS.md",
+        f"# Agents\n\n{LEARNINGS_HEADING}\n\n- [a · {DAY}] one\n\n- [b · {DAY}] two\n\n"
+        f"- [a · {DAY}] three\nby hand\n\n## Other\n\n- [a · {DAY}] not in the section\n",
+    )
+    removed = remove_learnings(memory, "a")
+    assert removed == [Learning("one", "a", DAY), Learning("three", "a", DAY)]
+    assert memory.read_text(encoding="utf-8") == (
+        f"# Agents\n\n{LEARNINGS_HEADING}\n\n- [b · {DAY}] two\n\nby hand\n\n## Other\n\n"
+        f"- [a · {DAY}] not in the section\n"
+    )
+    assert remove_learnings(memory, "a") == []
+
+
+def test_screened_lines_give_entry_texts_and_bare_headings() -> None:
+    """The audit reads an entry's text without ralph's label, a heading without its marks,
+    and any other non-blank line whole, each with its line number."""
+    text = f"# Agents\n\nNotes.\n{LEARNINGS_HEADING}\n\n- [a · {DAY}] one\n[x · {DAY}] by hand\n"
+    assert screened_lines(text) == [
+        (1, "Agents"),
+        (3, "Notes."),
+        (4, "Learnings"),
+        (6, "one"),
+        (7, f"[x · {DAY}] by hand"),
+    ]

@@ -142,6 +142,15 @@ def read_learnings_file(path: Path, limit: int = MAX_LEARNINGS_PER_FILE) -> list
     titles, not learnings, and are dropped. Empty and repeated learnings are dropped and at most
     ``limit`` are returned, first ones first.
     """
+    return [clean_learning(item) for item in read_raw_learnings(path, limit)]
+
+
+def read_raw_learnings(path: Path, limit: int = MAX_LEARNINGS_PER_FILE) -> list[str]:
+    """read_learnings_file, but each learning as the agent wrote it (bullet marks and line
+    breaks aside), not yet cleaned: for the screen (ralph.memory.screen), which must see the
+    invisible and control characters that cleaning removes. Which learnings are taken, and
+    how many, is the same; clean_learning on each gives read_learnings_file's result.
+    """
     # is_file keeps a FIFO or device at the path from blocking or flooding the read.
     if limit <= 0 or not path.is_file():
         return []
@@ -153,11 +162,10 @@ def read_learnings_file(path: Path, limit: int = MAX_LEARNINGS_PER_FILE) -> list
     learnings: list[str] = []
     seen: set[str] = set()
     for item in _split_items(raw.decode("utf-8-sig", errors="replace")):
-        text = clean_learning(item)
-        key = normalise(text)
+        key = normalise(clean_learning(item))
         if key and key not in seen:
             seen.add(key)
-            learnings.append(text)
+            learnings.append(item)
             if len(learnings) == limit:
                 break
     return learnings
@@ -225,6 +233,67 @@ def located_learnings(memory_path: Path) -> list[tuple[int, Learning]]:
         if entry is not None:
             located.append((index + 1, entry))
     return located
+
+
+def section_lines(path: Path) -> list[str]:
+    """The lines under the Learnings heading of ``path``, without line endings (missing: [])."""
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    return [line.rstrip("\r\n") for line in _layout(text).section()]
+
+
+def parse_entry(line: str) -> Learning | None:
+    """The entry a line of the Learnings section holds, or None for a line a person wrote."""
+    return _parse_entry(line)
+
+
+def screened_lines(text: str) -> list[tuple[int, str]]:
+    """What of each non-blank line of a memory file the screen should read, with its 1-based
+    number: an entry's text without ralph's label (its label is ralph's own format, not
+    something a rule should see as forged), a heading without its marks, any other line whole.
+    """
+    layout = _layout(text)
+    lines = []
+    for index, line in enumerate(layout.lines):
+        bare = line.rstrip("\r\n")
+        if not bare.strip():
+            continue
+        inside = layout.heading is not None and layout.heading < index < layout.end
+        entry = _parse_entry(bare) if inside else None
+        if entry is not None:
+            bare = entry.text
+        elif _HEADING_LINE.match(bare):
+            bare = bare.lstrip("#").strip()
+        lines.append((index + 1, bare))
+    return lines
+
+
+def remove_learnings(memory_path: Path, task_id: str) -> list[Learning]:
+    """Remove the entries labelled ``task_id`` from the Learnings section; return them.
+
+    Lines people wrote stay, and so does everything outside the section; blank lines left
+    behind in the section fold into one. Nothing labelled ``task_id``: the file is untouched.
+    """
+    raw = _read_or_empty(memory_path)
+    layout = _layout(raw.decode("utf-8", errors="surrogateescape"))
+    if layout.heading is None:
+        return []
+    removed: list[Learning] = []
+    kept: list[str] = []
+    for line in layout.section():
+        entry = _parse_entry(line)
+        if entry is not None and entry.task_id == task_id:
+            removed.append(entry)
+        else:
+            kept.append(line)
+    if not removed:
+        return []
+    lines = layout.lines
+    updated = (*lines[: layout.heading + 1], *_fold_blank_runs(kept), *lines[layout.end :])
+    write_atomic(memory_path, "".join(updated).encode("utf-8", errors="surrogateescape"))
+    return removed
 
 
 def add_learnings(
