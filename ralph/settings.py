@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import reprlib
 import tomllib
 import typing
@@ -87,6 +88,10 @@ class Settings(BaseSettings):
     check_timeout: Duration = 600.0
     """How long one check command may take."""
 
+    agent_stall_timeout: Duration = 600.0
+    """An agent whose CLI streams events and prints none for this long is stopped; the
+    attempt fails as ``stalled`` (CLIs read live only: claude, codex, gemini, opencode)."""
+
     kill_grace: Duration = 10.0
     """Time between SIGTERM and SIGKILL when stopping a process group."""
 
@@ -163,10 +168,38 @@ class Settings(BaseSettings):
     every other ignored file is removed before the checks run."""
 
     allow_nested_repos: bool = False
-    """Let a change add a nested git repository (a gitlink without .gitmodules)."""
+    """Let a change hold a gitlink: a nested git repository, or a submodule's new commit."""
 
     allow_external_symlinks: bool = False
     """Let a change add a symlink that points outside the repository."""
+
+    sandbox: Literal["none", "bwrap"] = "none"
+    """``bwrap``: the agent (and with ``sandbox_checks`` the checks) run under bubblewrap: the
+    worktree writable; .git, the specs, the settings and memory files, ``protected`` and
+    existing ``append_only`` files read-only; an empty home but for the agent's own folders
+    and ``sandbox_paths``; a private /tmp (docs/sandbox.md)."""
+
+    network: Literal["on", "off"] = "on"
+    """With ``sandbox = "bwrap"``: ``off`` leaves the sandbox only its own loopback."""
+
+    sandbox_checks: bool = True
+    """With ``sandbox = "bwrap"``: run the checks in the same sandbox (they run code the agent
+    wrote)."""
+
+    sandbox_paths: dict[str, Literal["ro", "rw"]] = Field(default_factory=dict)
+    """More paths the sandbox shows, read-only or writable; ``~/`` is the home directory."""
+
+    pass_env: list[str] = Field(default_factory=list)
+    """Names or globs (``AWS_*``) of variables passed to the agent and the checks beyond the
+    allowlist."""
+
+    secret_scan: bool = True
+    """Scan the lines each change adds for secrets before committing; a finding fails the
+    attempt (``secret``)."""
+
+    secret_allowlist: list[str] = Field(default_factory=list)
+    """Globs of paths whose secrets are fakes (``tests/fixtures/**``), and ``re:`` regexes
+    matched against a found value."""
 
     @field_validator("checks")
     @classmethod
@@ -177,6 +210,25 @@ class Settings(BaseSettings):
         if any(not check for check in cleaned):
             raise ValueError("a check command is empty")
         return cleaned
+
+    @field_validator("sandbox_paths")
+    @classmethod
+    def _sandbox_paths(cls, value: dict[str, str]) -> dict[str, str]:
+        for path in value:
+            if not (path.startswith("/") or path.startswith("~/")):
+                raise ValueError(f"{path!r} must be absolute or start with ~/")
+        return value
+
+    @field_validator("secret_allowlist")
+    @classmethod
+    def _secret_allowlist(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if entry.startswith("re:"):
+                try:
+                    re.compile(entry[3:])
+                except re.error as exc:
+                    raise ValueError(f"{entry!r} is not a regular expression: {exc}") from None
+        return value
 
     @field_validator("specs_dir", "memory_file", "learnings_archive")
     @classmethod
@@ -252,6 +304,7 @@ def load_settings(
     except ValidationError as exc:
         raise SettingsError(_describe(exc, sources, file_label)) from None
     _check_agent(settings, sources.get("agent", "the default"))
+    _check_combinations(settings, sources)
     settings._settings_file = file_label.split()[0]
     return settings
 
@@ -316,6 +369,30 @@ def _json_value(key: str, name: str, raw: str, kind: type) -> Any:
             f"e.g. {name}='{example}': got {_shown(raw)}"
         )
     return value
+
+
+def _check_combinations(settings: Settings, sources: Mapping[str, str]) -> None:
+    """Raise SettingsError for settings that don't work together, naming both."""
+
+    def where(key: str) -> str:
+        return sources.get(key, "the default")
+
+    if settings.network == "off" and settings.sandbox == "none":
+        raise SettingsError(
+            f'network = "off" ({where("network")}) needs sandbox = "bwrap" (sandbox is '
+            f'"none", from {where("sandbox")}): without a sandbox ralph can\'t take the '
+            "network away"
+        )
+    if settings.sandbox_paths and settings.sandbox == "none":
+        raise SettingsError(
+            f'sandbox_paths ({where("sandbox_paths")}) needs sandbox = "bwrap" '
+            f"(sandbox from {where('sandbox')})"
+        )
+    if settings.queue is None and "stall_timeout" in sources:
+        raise SettingsError(
+            f"stall_timeout ({where('stall_timeout')}) means nothing without queue "
+            "(set queue to share a backlog through PostgreSQL)"
+        )
 
 
 def _check_agent(settings: Settings, agent_source: str) -> None:

@@ -6,6 +6,7 @@ when any is a problem. Nothing here changes the repository.
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -13,7 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ralph import agents
+from ralph.agents import keys
 from ralph.errors import RalphError
+from ralph.memory.learnings import audit
+from ralph.runtime import sandbox
 from ralph.runtime.lock import lock_holder
 from ralph.settings import Settings
 from ralph.vcs import repo
@@ -75,7 +79,62 @@ def examine(root: Path, settings: Settings | None) -> list[Finding]:
         *[_check(root, command) for command in settings.checks],
         _specs(root, settings),
         _lock(root),
+        _sandbox(settings),
+        _environment(settings),
+        _memory(root, settings),
+        _ralph_dir(root),
     ]
+
+
+def _sandbox(settings: Settings) -> Finding:
+    """Whether bubblewrap works here (always probed: ``sandbox = "bwrap"`` depends on it)."""
+    probe = sandbox.check()
+    wanted = settings.sandbox == "bwrap"
+    if probe.works:
+        state = "on" if wanted else 'off (sandbox = "none"); bwrap works here'
+        return Finding(True, "sandbox", f"{state}; network {settings.network}")
+    if wanted:
+        return Finding(False, "sandbox", probe.message)
+    return Finding(True, "sandbox", f'off (sandbox = "none"); bwrap: {probe.message}')
+
+
+def _environment(settings: Settings) -> Finding:
+    """Which variables the agent and the checks get (names only, never values)."""
+    report = keys.environment_report(
+        dict(os.environ), settings.agent, settings.agent_env, settings.pass_env
+    )
+    passed = ", ".join(report.passed[:40]) + (" ..." if len(report.passed) > 40 else "")
+    text = f"passed {len(report.passed)} ({passed}); withheld {len(report.withheld)}"
+    if report.withheld:
+        text += f" ({', '.join(report.withheld[:20])}{' ...' if len(report.withheld) > 20 else ''})"
+    return Finding(True, "environment", text)
+
+
+def _memory(root: Path, settings: Settings) -> Finding:
+    """Lines of the memory file (and its mirrors) the screen would hold back: agents read
+    them before every task. A warning, not a failure: a person may have meant them."""
+    findings = audit(root, settings)
+    if not findings:
+        return Finding(
+            True, "memory", f"{settings.memory_file}: nothing the screen would hold back"
+        )
+    return Finding(
+        True,
+        "memory",
+        f"{len(findings)} line(s) the screen would hold back, e.g. {findings[0]}; "
+        "see `ralph learnings audit`",
+    )
+
+
+def _ralph_dir(root: Path) -> Finding:
+    total = 0
+    for dirpath, _dirs, files in os.walk(root / repo.STATE_DIR):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                continue
+    return Finding(True, ".ralph", f"{total / 1e6:.1f} MB (attempts are pruned: keep_attempts)")
 
 
 def _git(root: Path) -> list[Finding]:
@@ -100,6 +159,8 @@ def _agent(root: Path, settings: Settings) -> list[Finding]:
     program = agents.resolve_executable(agent.executable(), root)
     if program is None:
         return [Finding(False, "agent", f"{settings.agent}: {agent.executable()!r} is not on PATH")]
+    if settings.agent in ("command", "scripted"):  # no CLI of ours: found is all we know
+        return [Finding(True, "agent", f"{settings.agent}: {program}")]
     version = _run([program, "--version"], root)
     if version is None:
         return [Finding(False, "agent", f"{settings.agent}: {program} --version failed")]
