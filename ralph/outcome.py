@@ -41,6 +41,10 @@ class Reason(StrEnum):
     OUTSIDE_TOUCHES = "outside_touches"
     """The change touches paths outside the task's declared ``touches``: the schedule
     relied on it."""
+    SECRET = "secret"
+    """The change adds a secret (a key, a token, a private key): never committed."""
+    STALLED = "stalled"
+    """The agent printed nothing for ``agent_stall_timeout``: stopped, like a timeout."""
     NESTED_REPO = "nested_repo"
     """The change holds a nested repository (a gitlink) a clone couldn't check out."""
     SYMLINK = "symlink"

@@ -107,13 +107,20 @@ class Project:
         full_env = {**os.environ, **(env or {})}
         if not keep_notify:
             full_env.pop("NOTIFY_SOCKET", None)
-        result = subprocess.run(
-            [sys.executable, "-m", "ralph", "-C", str(self.root), "--log-format", "json", *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=full_env,
-        )
+        argv = [sys.executable, "-m", "ralph", "-C", str(self.root), "--log-format", "json"]
+        try:
+            result = subprocess.run(
+                [*argv, *args],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=full_env,
+            )
+        except subprocess.TimeoutExpired as exc:
+            said = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
+            raise AssertionError(
+                f"ralph {' '.join(args)} ran past {timeout}s:\n{said[-6000:]}"
+            ) from None
         if check_code is not None:
             assert result.returncode == check_code, (
                 result.returncode,

@@ -7,6 +7,7 @@ skipped, and says so.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,8 +42,8 @@ def codex_project(project: Project, tmp_path: Path) -> Iterator[Project]:
     yield project
 
 
-def configure_server(project: Project, api: FakeResponsesAPI) -> None:
-    """Point codex at the fake server, with no retries of its own and nothing sent outside."""
+def configure_server(project: Project, api: FakeResponsesAPI, retries: int = 0) -> None:
+    """Point codex at the fake server, with ``retries`` of its own and nothing sent outside."""
     provider = "model_providers.fake"
     args: list[str] = []
     for option in (
@@ -50,8 +51,8 @@ def configure_server(project: Project, api: FakeResponsesAPI) -> None:
         f"{provider}.name=fake",
         f"{provider}.base_url={api.base_url}",
         f"{provider}.env_key=FAKE_KEY",
-        f"{provider}.request_max_retries=0",
-        f"{provider}.stream_max_retries=0",
+        f"{provider}.request_max_retries={retries}",
+        f"{provider}.stream_max_retries={retries}",
         "analytics.enabled=false",
     ):
         args += ["-c", option]
@@ -118,4 +119,20 @@ def test_codex_bad_credentials_stop_the_run(codex_project: Project) -> None:
         stderr = run_ralph(codex_project, 2)
     assert "could not authenticate" in stderr
     assert codex_project.task_commits() == []
+    assert codex_project.status_json()["hello"]["attempts"] == 0
+
+
+def test_codex_retrying_a_refused_key_is_stopped_within_seconds(codex_project: Project) -> None:
+    """Codex left to its own retries on a 401 reconnects with growing waits; ralph reads
+    each "Reconnecting..." as it comes, stops codex, exits 2, and counts no attempt."""
+    api = FakeResponsesAPI("true", ["auth"] * 50)
+    with api.running():
+        configure_server(codex_project, api, retries=8)
+        started = time.monotonic()
+        stderr = run_ralph(codex_project, 2)
+        elapsed = time.monotonic() - started
+    assert "could not authenticate" in stderr
+    assert elapsed < 30, elapsed
+    [exited] = agent_events(codex_project)
+    assert (exited["outcome"], exited["failure_class"]) == ("halted", "auth")
     assert codex_project.status_json()["hello"]["attempts"] == 0

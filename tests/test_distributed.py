@@ -38,7 +38,8 @@ class Fleet:
         seed = self.clone("seed")
         (seed / "specs").mkdir()
         for n in range(1, tasks + 1):
-            (seed / "specs" / f"t{n:02d}.md").write_text(f"# Task t{n:02d}\n\nWrite tasks/t{n:02d}.txt.\n")
+            spec = f"# Task t{n:02d}\n\nWrite tasks/t{n:02d}.txt.\n"
+            (seed / "specs" / f"t{n:02d}.md").write_text(spec)
         (seed / "AGENTS.md").write_text("# Agents\n")
         table = {
             "agent": "command",

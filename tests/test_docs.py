@@ -6,6 +6,7 @@ heading), never copied here, so a doc and the behaviour it describes can't drift
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 from conftest import Project, git
 
+from ralph.outcome import Reason
 from ralph.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -381,6 +383,50 @@ def logged_events(project: Project) -> list[dict[str, Any]]:
     """The events of the run, leaving out the torn line the fixture planted."""
     lines = (project.root / ".ralph" / "events.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines[1:]]
+
+
+def emitted_events() -> set[str]:
+    """Every event name ralph's source passes to ``.emit(...)``; a name that isn't a string
+    literal fails, since the docs couldn't be checked against it."""
+    names: set[str] = set()
+    for path in sorted((ROOT / "ralph").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "emit"
+            ):
+                continue
+            first = node.args[0] if node.args else None
+            where = f"{path.relative_to(ROOT)}:{node.lineno}"
+            assert isinstance(first, ast.Constant), f"{where}: an event name that isn't a literal"
+            assert isinstance(first.value, str), where
+            names.add(first.value)
+    return names
+
+
+def test_telemetry_lists_every_event_ralph_emits() -> None:
+    """telemetry.md's event table names every event ralph's source emits, and no other."""
+    emitted = emitted_events()
+    assert {"run_started", "committed", "rolled_back"} <= emitted, "the source scan broke"
+    documented = set(event_table())
+    assert emitted - documented == set(), "emitted but not in telemetry.md"
+    assert documented - emitted == set(), "in telemetry.md but never emitted"
+
+
+def test_every_way_an_attempt_ends_is_documented() -> None:
+    """attempt.md's table lists every Reason, says "no" exactly for the ones that don't use
+    up an attempt, and telemetry.md lists every reason a rollback can carry."""
+    rows = table_under(section(doc("docs/attempt.md"), "## Every way an attempt ends"), "reason")
+    uses = {code_spans(row[0])[0]: row[2] for row in rows}
+    assert set(uses) == {reason.value for reason in Reason}
+    for value, text in uses.items():
+        assert text.startswith("**no**") == (not Reason(value).counts), value
+    page = doc("docs/telemetry.md")
+    listed = re.search(r"The `reason` of `rolled_back` is one of (.+?)\n\n", page, re.S)
+    assert listed is not None
+    failures = {reason.value for reason in Reason if not reason.passed}
+    assert set(code_spans(listed.group(1))) == failures
 
 
 def test_events_carry_the_documented_fields(mixed_run: Project) -> None:

@@ -234,3 +234,32 @@ def test_a_second_ralph_is_refused_even_when_dot_ralph_is_deleted(
     result = project.ralph("run", "--once")
     assert result.returncode == 75, result.stderr
     assert os.path.exists(project.root / ".git")
+
+
+def test_an_agent_deleting_its_dot_git_makes_no_persons_commit_its_own(
+    project: Project, daemon: Callable[..., subprocess.Popen[str]]
+) -> None:
+    """An agent that deletes its worktree's .git file can't make ralph take a person's commit,
+    made during the attempt, for the agent's: the commit stays on the branch."""
+    project.configure(**FAST)
+    project.spec("sneaky")
+    project.attempts(
+        "sneaky",
+        {
+            "steps": [
+                {"write": "x.txt", "content": "x\n"},
+                {"sleep": 2},
+                {"run": "rm -f .git", "check": True},
+            ]
+        },
+    )
+    project.commit()
+    daemon()
+    wait_for(lambda: named(project, "attempt_started"), what="the agent to start")
+    project.write("person.txt", "mine\n")
+    persons = person_commits(project, "person.txt", message="a person's commit")
+    wait_for(lambda: named(project, "task_done"), what="the task to land")
+    history = project.git("log", "--format=%H").split()
+    assert persons in history
+    assert (project.root / "person.txt").read_text() == "mine\n"
+    assert not named(project, "refs_restored")

@@ -200,6 +200,36 @@ def test_stopping_with_three_agents_running(project: Project, sig: int) -> None:
     assert leftover == []
 
 
+@pytest.mark.parametrize("round_", range(3))
+def test_one_workers_error_ends_the_run_with_the_others_stopped(
+    project: Project, round_: int
+) -> None:
+    """A refused key in one worker stops the run (exit 2) while two others run agents: they
+    are stopped together and the run ends, however their endings arrive (it once waited
+    forever when two came back in the same turn of the loop)."""
+    project.configure(**FAST, workers=3)
+    project.spec("a-auth", priority=1)
+    project.attempts(
+        "a-auth",
+        {"steps": [{"sleep": 1}, {"print": "Invalid API key · Please run /login"}], "exit": 1},
+    )
+    for name in ("b-slow", "c-slow"):
+        project.spec(name, priority=2)
+        project.attempts(
+            name, {"steps": [{"write": f"{name}.txt", "content": "x\n"}, {"sleep": 30}]}
+        )
+    project.commit()
+    started = time.monotonic()
+    result = project.ralph("run", "--once", check_code=2, timeout=60)
+    assert time.monotonic() - started < 20
+    assert "could not authenticate" in result.stderr
+    stopped = sorted(
+        e["task"] for e in named(project, "rolled_back") if e["reason"] == "interrupted"
+    )
+    assert stopped == ["b-slow", "c-slow"]
+    assert [e["reason"] for e in named(project, "run_finished")] == ["auth"]
+
+
 def test_learnings_of_all_workers_are_merged_without_loss(project: Project) -> None:
     """Every worker's learnings reach the memory file, none lost, none twice."""
     project.configure(**FAST, workers=3)

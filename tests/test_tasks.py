@@ -254,6 +254,8 @@ def test_status_json_has_every_field(project: Project) -> None:
         "worker",
         "since",
         "interrupted_attempt",
+        "held_by",
+        "agent_event",
     }
     assert all(set(task) == fields for task in tasks)
     by_id = {task["id"]: task for task in tasks}
@@ -270,6 +272,8 @@ def test_status_json_has_every_field(project: Project) -> None:
         "worker": None,
         "since": None,
         "interrupted_attempt": None,
+        "held_by": None,
+        "agent_event": None,
     }
     assert (by_id["second"]["state"], by_id["second"]["reason"]) == ("pending", "waiting for first")
     assert (by_id["orphan"]["state"], by_id["orphan"]["reason"]) == (

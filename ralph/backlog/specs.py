@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import reprlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,6 +19,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from ralph.durations import parse_duration
 
 MAX_SPEC_BYTES = 256 * 1024
+MAX_FRONT_MATTER_BYTES = 64 * 1024
+MAX_FRONT_MATTER_DEPTH = 20
+"""Front matter is a handful of keys; these bounds keep a hostile file cheap to refuse."""
 DEFAULT_PRIORITY = 100
 _SEGMENT = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 _ID = re.compile(rf"^{_SEGMENT}(?:/{_SEGMENT})*$")
@@ -178,7 +182,7 @@ def parse_spec(raw: bytes, relative: str, digest: str, display: str | None = Non
     spec_id = front.id or default_id(relative)
     if not _ID.match(spec_id):
         raise SpecError(
-            f"id {spec_id!r} comes from the file name; set a plain `id:` in the front matter"
+            f"id {shown(spec_id)} comes from the file name; set a plain `id:` in the front matter"
         )
     title = front.title or _first_heading(body) or spec_id
     return Spec(
@@ -216,8 +220,43 @@ def _first_heading(body: str) -> str | None:
     return None
 
 
+class _Refused(yaml.YAMLError):
+    """Front matter ralph won't read, though it may be valid YAML; the message says why."""
+
+    def __init__(self, message: str, mark: Any) -> None:
+        super().__init__(message)
+        self.problem = message
+        self.problem_mark = mark
+
+
 class _StrictLoader(yaml.SafeLoader):
-    """YAML's safe loader, except that a key given twice is an error, not a silent overwrite."""
+    """YAML's safe loader, except that a key given twice is an error, not a silent overwrite,
+    and anchors, aliases and deep nesting are refused before anything is built.
+
+    An alias makes a few hundred bytes stand for billions of items (the "billion laughs"):
+    front matter needs none, so none is read.
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise _Refused(
+                "YAML anchors and aliases (&name, *name) are not allowed in front matter; "
+                "write each value out",
+                event.start_mark,
+            )
+        if self._depth >= MAX_FRONT_MATTER_DEPTH:
+            raise _Refused(
+                f"front matter is nested more than {MAX_FRONT_MATTER_DEPTH} levels deep",
+                event.start_mark,
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[object] = set()
@@ -229,7 +268,7 @@ class _StrictLoader(yaml.SafeLoader):
                 break
             if duplicate:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice", key_node.start_mark
+                    None, None, f"key {shown(key)} appears twice", key_node.start_mark
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
@@ -248,13 +287,18 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
             break
     else:
         raise SpecError("front matter opened with --- but never closed")
+    size = len(header.encode("utf-8", "surrogatepass"))
+    if size > MAX_FRONT_MATTER_BYTES:
+        raise SpecError(
+            f"front matter is {size} bytes, more than the limit of {MAX_FRONT_MATTER_BYTES}"
+        )
     try:
         meta = yaml.load(header, Loader=_StrictLoader)
+    except _Refused as exc:
+        raise SpecError(f"{exc.problem}{_line_of(exc)}") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 2}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(f"front matter is not valid YAML{where}: {problem}") from None
+        raise SpecError(f"front matter is not valid YAML{_line_of(exc)}: {_cut(problem)}") from None
     if meta is None:
         return {}, body
     if not isinstance(meta, dict):
@@ -262,16 +306,38 @@ def split_front_matter(text: str) -> tuple[dict[str, Any], str]:
     return {str(key): value for key, value in meta.items()}, body
 
 
+def _line_of(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    return f" at line {mark.line + 2}" if mark is not None else ""
+
+
 def _describe(exc: ValidationError) -> str:
     problems = []
-    for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"])
+    for error in exc.errors()[:10]:
+        key = _cut(".".join(str(part) for part in error["loc"]), 100)
         if error["type"] == "extra_forbidden":
-            problems.append(f"unknown front matter key {key!r}")
+            problems.append(f"unknown front matter key {shown(key)}")
         else:
-            message = str(error["msg"]).removeprefix("Value error, ")
-            problems.append(f"front matter {key!r}: {message} (got {error.get('input')!r})")
+            message = _cut(str(error["msg"]).removeprefix("Value error, "))
+            got = shown(error.get("input"))
+            problems.append(f"front matter {shown(key)}: {message} (got {got})")
     return "; ".join(problems)
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 6
+_SHORT.maxlevel = 3
+
+
+def shown(value: object) -> str:
+    """A bounded ``repr`` of input from a spec file, for a reason people read: whatever the
+    input's size or depth, the text stays short and costs little to make."""
+    return _SHORT.repr(value)
+
+
+def _cut(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _declared_id(raw: bytes) -> str | None:
@@ -294,7 +360,7 @@ def _reject_duplicates(parsed: list[Spec | InvalidSpec]) -> SpecSet:
         if isinstance(item, InvalidSpec):
             invalid.append(item)
         elif others:
-            reason = f"{item.path}: duplicate id {item.id!r}, also used by {', '.join(others)}"
+            reason = f"{item.path}: duplicate id {shown(item.id)}, also used by {', '.join(others)}"
             invalid.append(InvalidSpec(item.id, item.path, reason, item.digest))
         else:
             specs.append(item)

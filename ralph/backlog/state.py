@@ -20,6 +20,7 @@ import fcntl
 import hashlib
 import json
 import math
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -63,11 +64,14 @@ class AttemptIntent:
     """While landing: old and new tip, and where the work tree's index is being written."""
     since: str = ""
     """When the attempt started (ISO 8601, UTC)."""
+    agent_event: Mapping[str, Any] = field(default_factory=dict)
+    """The agent's last event read live: ``signal``, ``detail``, ``at``; {} before any."""
 
     def to_json(self) -> dict[str, Any]:
         raw = asdict(self)
         raw["processes"] = [list(pair) for pair in self.processes]
         raw["landing"] = dict(self.landing)
+        raw["agent_event"] = dict(self.agent_event)
         return raw
 
     @classmethod
@@ -93,6 +97,7 @@ class AttemptIntent:
                 branch_tip=_text(raw.get("branch_tip", "")),
                 landing=_mapping(raw.get("landing", {})),
                 since=_text(raw.get("since", "")),
+                agent_event=_mapping(raw.get("agent_event", {})),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"missing or wrong field: {exc}") from None
@@ -110,6 +115,8 @@ class StateStore:
         self._workers = records / "workers"
         self._lock = records / "state.lock"
         self._legacy = legacy
+        self._thread_lock = threading.RLock()
+        self._depth = threading.local()
 
     # --- task records ----------------------------------------------------------------------
 
@@ -282,13 +289,25 @@ class StateStore:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with self._lock.open("a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        """``state.lock`` across processes; re-entrant within one thread (an update that reads
+        an older ralph's state while it holds the lock must not wait for itself)."""
+        with self._thread_lock:
+            if getattr(self._depth, "value", 0):
+                self._depth.value += 1
+                try:
+                    yield
+                finally:
+                    self._depth.value -= 1
+                return
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with self._lock.open("a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                self._depth.value = 1
+                try:
+                    yield
+                finally:
+                    self._depth.value = 0
+                    fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def legacy_intent(ralph_dir: Path) -> dict[str, Any] | None:

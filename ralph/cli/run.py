@@ -27,7 +27,7 @@ from ralph.engine.worker import Run
 from ralph.errors import SettingsError, UsageError
 from ralph.observe.telemetry import EventLog, new_run_id
 from ralph.observe.tracing import spans_from_environment
-from ralph.runtime import cgroups
+from ralph.runtime import cgroups, sandbox
 from ralph.runtime.lock import RepoLock
 from ralph.runtime.processes import Stop, become_subreaper
 from ralph.runtime.service import Notifier, beat
@@ -71,6 +71,10 @@ def run_command(
     specs_root = root / settings.specs_dir
     if not specs_root.is_dir():
         raise UsageError(f"specs_dir: {settings.specs_dir} does not exist in {root} (ralph init)")
+    if settings.sandbox == "bwrap":
+        probe = sandbox.check()
+        if not probe.works:
+            raise SettingsError(f'sandbox = "bwrap": {probe.message}')
     records = records_dir(root, os.environ)
     with _lock(root, records):
         repo.ensure_excluded(root, the_agent.excludes())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import click
 from ralph.backlog.snapshot import Backlog, read_backlog
 from ralph.backlog.state import AttemptIntent, StateStore
 from ralph.backlog.tasks import State, Task
+from ralph.memory.learnings import pending_count
 from ralph.runtime.lock import lock_holder
 from ralph.settings import Settings
 from ralph.vcs import repo
@@ -33,6 +35,8 @@ class Status:
     ralph_dir_bytes: int
     holders: dict[str, dict[str, Any]] = field(default_factory=dict)
     """With a queue: task id → who holds it (host, pid, since), any machine."""
+    pending_learnings: int = 0
+    """Learnings waiting for a person (``ralph learnings pending``)."""
 
     def task_rows(self) -> list[dict[str, Any]]:
         return [self._row(task) for task in self.backlog]
@@ -44,12 +48,32 @@ class Status:
         row["since"] = intent.since or None if intent and self.live else None
         row["interrupted_attempt"] = intent.attempt if intent and not self.live else None
         row["held_by"] = self.holders.get(task.id)
+        row["agent_event"] = _agent_event(intent) if intent and self.live else None
         if intent is not None and not self.live and task.state is State.PENDING:
             row["reason"] = (
                 f"attempt {intent.attempt} was interrupted (ralph was killed); the next "
                 "start cleans it up and counts it"
             )
         return row
+
+
+def _agent_event(intent: AttemptIntent) -> dict[str, Any] | None:
+    """The running agent's last event read live, with its age in seconds; None before any
+    (or for an agent ralph doesn't read live)."""
+    event = intent.agent_event
+    if not isinstance(event.get("at"), str):
+        return None
+    try:
+        at = datetime.fromisoformat(event["at"])
+    except ValueError:
+        return None
+    age = max(0, int((datetime.now(UTC) - at).total_seconds()))
+    return {
+        "signal": str(event.get("signal", "")),
+        "detail": str(event.get("detail", "")),
+        "at": event["at"],
+        "age_s": age,
+    }
 
 
 def read_status(root: Path, settings: Settings) -> Status:
@@ -68,7 +92,8 @@ def read_status(root: Path, settings: Settings) -> Status:
     finally:
         git_env.discard()
     holders = _fleet_holders(settings) if settings.queue else {}
-    return Status(backlog, intents, live, _size(root / repo.STATE_DIR), holders)
+    waiting = pending_count(root)
+    return Status(backlog, intents, live, _size(root / repo.STATE_DIR), holders, waiting)
 
 
 def _fleet_holders(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -126,11 +151,22 @@ def print_status(status: Status, as_json: bool) -> None:
             "-" if row["priority"] is None else str(row["priority"]),
             _held(row),
             row["title"],
-            row["reason"],
+            _reason(row),
         ]
         for row in rows
     ]
     print_table(["ID", "STATE", "ATTEMPTS", "PRIORITY", "WORKER", "TITLE", "REASON"], table)
+    if status.pending_learnings:
+        noun = "learning waits" if status.pending_learnings == 1 else "learnings wait"
+        click.echo(f"\n{status.pending_learnings} {noun} for review: `ralph learnings pending`")
+
+
+def _reason(row: dict[str, Any]) -> str:
+    event = row.get("agent_event")
+    if not event:
+        return str(row["reason"])
+    detail = f" ({event['detail']})" if event["detail"] else ""
+    return f"agent: {event['signal']}{detail}, {event['age_s']}s ago"
 
 
 def _held(row: dict[str, Any]) -> str:

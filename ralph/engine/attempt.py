@@ -15,20 +15,24 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import anyio
 import structlog
 from anyio import to_thread
 
-from ralph.agents import AgentReport, AgentRun, agent_environment
+from ralph.agents import AgentReport, AgentRun, agent_environment, keys
+from ralph.agents.live import Signal
 from ralph.backlog.specs import Spec
 from ralph.backlog.state import AttemptIntent
-from ralph.engine import guard
+from ralph.durations import format_duration
+from ralph.engine import guard, sandboxing, secrets
 from ralph.engine.gate import Verdict, check_verdict, judge_entries
 from ralph.engine.gate import run_checks as run_check_commands
 from ralph.engine.landing import Change, Landed, MergeQueue
+from ralph.engine.live import LiveAgent
 from ralph.engine.prompt import PromptContext, build_prompt, failure_summary
 from ralph.engine.worker import Worker
 from ralph.memory import file as memory
-from ralph.memory.learnings import to_review
+from ralph.memory.learnings import quarantine, screened, to_review
 from ralph.outcome import TRANSIENT, Reason
 from ralph.runtime import cgroups
 from ralph.runtime.processes import ProcessResult, ProcessTree, run_in_group
@@ -54,6 +58,8 @@ class Attempt:
     intent: IntentFile
     git_files: guard.GitFiles
     refs: dict[str, str]
+    tree: Git
+    """git in the worker's worktree, its git directory named explicitly."""
 
     @property
     def prompt_file(self) -> Path:
@@ -84,6 +90,8 @@ class AgentRan:
 
     process: ProcessResult
     report: AgentReport
+    stall: str = ""
+    """``agent_stall_timeout`` in words, for a stalled run's summary."""
 
 
 @dataclass(frozen=True)
@@ -160,7 +168,7 @@ async def record_start(worker: Worker, spec: Spec, number: int) -> Attempt:
     attempt_dir = await to_thread.run_sync(_attempt_dir, worker, spec.id, number)
     tree = await to_thread.run_sync(_fresh_worktree, worker, start)
     common = Path(run.git.run("rev-parse", "--path-format=absolute", "--git-common-dir").strip())
-    git_files = await to_thread.run_sync(guard.take, common, _worktree_gitdir(tree))
+    git_files = await to_thread.run_sync(guard.take, common, tree.git_dir)
     refs = await to_thread.run_sync(guard.refs, run.git)
     await to_thread.run_sync(guard.save, worker.scratch / guard.BASELINE, git_files, refs)
     intent = AttemptIntent(
@@ -179,7 +187,7 @@ async def record_start(worker: Worker, spec: Spec, number: int) -> Attempt:
         "attempt_started", task=spec.id, attempt=number, start_commit=start, worker=worker.number
     )
     log.info("ralph.attempt_started", start_commit=start[:12], dir=str(attempt_dir))
-    return Attempt(spec, number, start, attempt_dir, intent_file, git_files, refs)
+    return Attempt(spec, number, start, attempt_dir, intent_file, git_files, refs, tree)
 
 
 def _fresh_worktree(worker: Worker, start: str) -> Git:
@@ -193,16 +201,13 @@ def _fresh_worktree(worker: Worker, start: str) -> Git:
     return tree
 
 
-def _worktree_gitdir(tree: Git) -> Path:
-    return Path(tree.run("rev-parse", "--path-format=absolute", "--git-dir").strip())
-
-
 async def write_prompt(worker: Worker, attempt: Attempt) -> None:
     """Step 2: the prompt file, and an empty file for the agent's learnings."""
 
     def write() -> None:
         text = build_prompt(_prompt_context(worker, attempt))
-        _write_new(attempt.prompt_file, text.encode("utf-8"))
+        # A spec path that is not UTF-8 (a file name is bytes) shows as \x escapes.
+        _write_new(attempt.prompt_file, text.encode("utf-8", errors="backslashreplace"))
         _write_new(attempt.learnings_file, b"")
 
     await to_thread.run_sync(write)
@@ -213,8 +218,10 @@ async def run_agent(worker: Worker, attempt: Attempt) -> AgentRan:
     the timeout; every process it starts is stopped when it ends."""
     run, spec = worker.run, attempt.spec
     command = run.agent.command(attempt.prompt_file)
-    env = agent_environment(run.env, command)
+    env = agent_environment(sandboxing.environment(run, {}), command)
     env.update(_attempt_variables(worker, attempt))
+    files = [attempt.prompt_file, attempt.learnings_file]
+    argv = await to_thread.run_sync(lambda: sandboxing.boxed(worker, command.argv, files=files))
     log_path = attempt.dir / "agent.log"
     tree = await to_thread.run_sync(_process_tree, worker, attempt)
 
@@ -224,23 +231,31 @@ async def run_agent(worker: Worker, attempt: Attempt) -> AgentRan:
     def sampled(seen: ProcessTree) -> None:
         attempt.intent.update(processes=tuple(seen.seen.items()))
 
+    live = _live_agent(worker, attempt)
     model = run.agent.model()
     with run.spans.span("ralph.agent", agent=run.agent.name, model=model) as annotate:
-        result = await run_in_group(
-            command.argv,
-            cwd=worker.worktree,
-            env=env,
-            stdin=command.stdin,
-            log_path=log_path,
-            timeout=spec.timeout or run.settings.attempt_timeout,
-            grace=run.settings.kill_grace,
-            stop=run.stop,
-            on_start=started,
-            tree=tree,
-            on_sample=sampled,
-        )
+        async with anyio.create_task_group() as group:
+            if live is not None:
+                group.start_soon(_show_live, worker, attempt, live)
+            result = await run_in_group(
+                argv,
+                cwd=worker.worktree,
+                env=env,
+                stdin=command.stdin,
+                log_path=log_path,
+                timeout=spec.timeout or run.settings.attempt_timeout,
+                grace=run.settings.kill_grace,
+                stop=run.stop,
+                on_start=started,
+                tree=tree,
+                on_sample=sampled,
+                watch=live.watch(run.settings.agent_stall_timeout) if live else None,
+            )
+            group.cancel_scope.cancel()
         agent_run = AgentRun(result.outcome, result.exit_code, log_path, result.tail)
         report = await to_thread.run_sync(run.agent.report, agent_run, datetime.now(UTC))
+        if live is not None and live.halting is not None and result.outcome == "halted":
+            report = _halted_report(report, live.halting)
         annotate(
             outcome=result.outcome,
             exit_code=result.exit_code,
@@ -250,7 +265,47 @@ async def run_agent(worker: Worker, attempt: Attempt) -> AgentRan:
     if tree.cgroup is not None:
         await to_thread.run_sync(cgroups.remove, tree.cgroup)
     _agent_exited(worker, attempt, result, report)
-    return AgentRan(result, report)
+    return AgentRan(result, report, format_duration(run.settings.agent_stall_timeout))
+
+
+def _live_agent(worker: Worker, attempt: Attempt) -> LiveAgent | None:
+    """The attempt's live reading, for a preset whose CLI streams events ralph reads."""
+    run = worker.run
+    reader = run.agent.live_reader(lambda: datetime.now(UTC))
+    if reader is None:
+        return None
+
+    def record(event: dict[str, str]) -> None:
+        attempt.intent.update(agent_event=event)
+
+    where = {"task": attempt.spec.id, "attempt": attempt.number, "worker": worker.number}
+    return LiveAgent(reader, events=run.events, where=where, record=record)
+
+
+LIVE_STATUS_EVERY = 10.0
+"""Seconds between STATUS lines saying what the agent last printed, while it runs."""
+
+
+async def _show_live(worker: Worker, attempt: Attempt, live: LiveAgent) -> None:
+    """The service manager's STATUS line: the attempt, and the agent's last event and its age."""
+    run = worker.run
+    who = f"{worker.name}: " if run.settings.workers > 1 else ""
+    while True:
+        await anyio.sleep(LIVE_STATUS_EVERY)
+        said = live.describe(datetime.now(UTC))
+        if said is not None:
+            run.notify.status(f"{who}task {attempt.spec.id} attempt {attempt.number}; {said}")
+
+
+def _halted_report(report: AgentReport, signal: Signal) -> AgentReport:
+    """What ralph stopped the agent on, read live, is why the run failed."""
+    assert signal.reason is not None
+    what = signal.detail or signal.kind.value
+    if signal.status is not None and str(signal.status) not in what:
+        what = f"HTTP {signal.status}: {what}"
+    return dataclasses.replace(
+        report, failure=signal.reason, detail=what, retry_at=signal.retry_at or report.retry_at
+    )
 
 
 def _process_tree(worker: Worker, attempt: Attempt) -> ProcessTree:
@@ -305,19 +360,26 @@ async def undo_git_moves(worker: Worker, attempt: Attempt) -> Verdict | None:
     run = worker.run
 
     def undo() -> tuple[list[str], list[str]]:
-        tree = run.git.at(worker.worktree)
+        tree = attempt.tree
         common = Path(
             run.git.run("rev-parse", "--path-format=absolute", "--git-common-dir").strip()
         )
-        gitdir = common / "worktrees" / worker.name
-        tampered = guard.restore(common, attempt.git_files, gitdir if gitdir.is_dir() else None)
+        tampered = guard.restore(common, attempt.git_files, tree.git_dir)
+        if tree.git_dir is not None:
+            trees.repair_dot_git(worker.worktree, tree.git_dir)
         agent_commits = guard.worktree_commits(tree, attempt.start)
         moved = guard.restore_refs(run.git, attempt.refs, run.branch, agent_commits)
         return tampered, moved
 
     tampered, moved = await to_thread.run_sync(undo)
     if moved:
-        run.events.emit("refs_restored", task=attempt.spec.id, refs=moved[:50])
+        run.events.emit(
+            "refs_restored",
+            task=attempt.spec.id,
+            attempt=attempt.number,
+            worker=worker.number,
+            refs=moved[:50],
+        )
         log.warning("ralph.refs_restored", refs=moved[:10], detail="refs the agent made or moved")
     if tampered:
         listed = ", ".join(tampered[:10])
@@ -357,20 +419,37 @@ async def judge_change(
             ),
         )
     )
+    if verdict is None and run.settings.secret_scan:
+        verdict = await to_thread.run_sync(_secrets_in, worker, attempt, candidate)
     return Judged(candidate, verdict)
+
+
+def _secrets_in(worker: Worker, attempt: Attempt, candidate: Candidate) -> Verdict | None:
+    """A secret in the lines the change adds fails the attempt; the verdict names the file,
+    the line and the kind of secret, never the secret."""
+    run = worker.run
+    allowlist = secrets.SecretAllowlist.parse(run.settings.secret_allowlist)
+    lines = secrets.added_lines(run.git, attempt.start, candidate.tree)
+    found = secrets.scan(lines, allowlist, keys.secret_values(run.env))
+    if not found:
+        return None
+    run.events.emit(
+        "secret_found",
+        task=attempt.spec.id,
+        attempt=attempt.number,
+        worker=worker.number,
+        places=[f"{f.path}:{f.line}" for f in found[:20]],
+    )
+    return Verdict(Reason.SECRET, secrets.summary(found), secrets=tuple(found))
 
 
 def _candidate(worker: Worker, attempt: Attempt) -> Candidate:
     run = worker.run
-    tree = run.git.at(worker.worktree)
+    tree = attempt.tree
     index = worker.scratch / "candidate.index"
     agent_tree = trees.tree_of_worktree(tree, worker.scratch / "base.index", index)
     entries = tuple(trees.entries(run.git, attempt.start, agent_tree))
-    learnings = tuple(
-        memory.read_learnings_file(
-            attempt.learnings_file, limit=run.settings.max_learnings_per_attempt
-        )
-    )
+    learnings = _read_learnings(worker, attempt)
     checked_tree = agent_tree
     if learnings and run.settings.learnings == "auto":
         path = run.settings.memory_file.as_posix()
@@ -399,6 +478,9 @@ def _agent_verdict(ran: AgentRan) -> Verdict | None:
     if process.outcome == "timeout":
         what = "The agent ran past the attempt timeout."
         return Verdict(Reason.TIMEOUT, failure_summary(what, process.tail), detail=last_line)
+    if process.outcome == "stalled":
+        what = f"The agent printed nothing for {ran.stall}."
+        return Verdict(Reason.STALLED, failure_summary(what, process.tail), detail=last_line)
     if report.failure in (Reason.AUTH, *TRANSIENT):
         assert report.failure is not None
         what = f"The agent's model API failed ({report.failure.value}): {report.detail}"
@@ -431,21 +513,26 @@ async def run_checks(worker: Worker, attempt: Attempt, judged: Judged) -> Checke
     return await check_commit(worker, attempt, commit)
 
 
-async def check_commit(worker: Worker, attempt: Attempt, commit: str) -> Checked:
+async def check_commit(
+    worker: Worker, attempt: Attempt, commit: str, log_dir: Path | None = None
+) -> Checked:
     """Check out ``commit`` exactly in the worker's worktree (ignored files gone but
     ``check_cache``) and run every check there."""
     run = worker.run
     settings = run.settings
-    await to_thread.run_sync(_checkout_for_checks, worker, commit)
+    await to_thread.run_sync(_checkout_for_checks, worker, attempt, commit)
+    variables = {"RALPH_WORKER": str(worker.number), "TMPDIR": str(worker.tmpdir)}
+    wrap = await to_thread.run_sync(lambda: sandboxing.wrapper(worker, checks=True))
     results = await run_check_commands(
         [*settings.checks, *attempt.spec.checks],
         root=worker.worktree,
-        env={**run.env, "RALPH_WORKER": str(worker.number), "TMPDIR": str(worker.tmpdir)},
-        log_dir=attempt.dir,
+        env=sandboxing.environment(run, variables),
+        log_dir=log_dir or attempt.dir,
         timeout=settings.check_timeout,
         grace=settings.kill_grace,
         stop=run.stop,
         spans=run.spans,
+        wrap=wrap,
     )
     for result in results:
         run.events.emit(
@@ -466,8 +553,8 @@ async def check_commit(worker: Worker, attempt: Attempt, commit: str) -> Checked
     return Checked(check_verdict(results), seconds)
 
 
-def _checkout_for_checks(worker: Worker, commit: str) -> None:
-    tree = worker.run.git.at(worker.worktree)
+def _checkout_for_checks(worker: Worker, attempt: Attempt, commit: str) -> None:
+    tree = attempt.tree
     keep = worker.run.settings.check_cache
     trees.reset_worktree(tree, commit, clean_ignored=True, keep=keep)
     shutil.rmtree(worker.tmpdir, ignore_errors=True)
@@ -519,7 +606,9 @@ async def commit(
         return task_message(spec.title, total.trailers())
 
     async def recheck(provisional: str) -> tuple[Verdict | None, float]:
-        checked = await check_commit(worker, attempt, provisional)
+        rechecks = attempt.dir / "recheck"
+        rechecks.mkdir(exist_ok=True)
+        checked = await check_commit(worker, attempt, provisional, log_dir=rechecks)
         return checked.verdict, checked.seconds
 
     with run.spans.span("ralph.commit", task=spec.id, attempt=attempt.number) as annotate:
@@ -554,7 +643,7 @@ async def _run_hooks(worker: Worker, attempt: Attempt, receipt: Receipt) -> Verd
     message_file = attempt.dir / "COMMIT_EDITMSG"
     _write_new(message_file, task_message(attempt.spec.title, receipt.trailers()).encode())
     hooks = await to_thread.run_sync(_user_hooks_path, worker)
-    tree = run.git.at(worker.worktree)
+    tree = attempt.tree
     for hook, args in (("pre-commit", []), ("commit-msg", [str(message_file)])):
         done = await to_thread.run_sync(
             lambda h=hook, a=args: tree.attempt(  # type: ignore[misc]
@@ -584,6 +673,8 @@ async def roll_back(
         )
         if cut:
             log.warning("ralph.diff_cut", diff=str(diff), cap=DIFF_CAP)
+        if verdict.secrets:  # the kept diff must not become the place the secret lives on
+            await to_thread.run_sync(_mask_diff, worker, diff, verdict)
     run.events.emit(
         "rolled_back",
         task=spec.id,
@@ -651,12 +742,28 @@ def _to_review(worker: Worker, task_id: str, learnings: list[str]) -> None:
     to_review(worker.run.root, worker.run.settings, learnings, task_id, day)
 
 
+def _mask_diff(worker: Worker, diff: Path, verdict: Verdict) -> None:
+    text = diff.read_text(encoding="utf-8", errors="surrogateescape")
+    masked = secrets.mask(text, list(verdict.secrets), keys.secret_values(worker.run.env))
+    diff.write_text(masked, encoding="utf-8", errors="surrogateescape")
+
+
 def _read_learnings(worker: Worker, attempt: Attempt) -> tuple[str, ...]:
-    return tuple(
-        memory.read_learnings_file(
-            attempt.learnings_file, limit=worker.run.settings.max_learnings_per_attempt
-        )
+    """The agent's learnings that pass the screen; those it holds back wait for a person
+    (``ralph learnings pending``), and each is an event."""
+    day = datetime.now(UTC).date().isoformat()
+    run, task_id = worker.run, attempt.spec.id
+    raw = memory.read_raw_learnings(
+        attempt.learnings_file, limit=run.settings.max_learnings_per_attempt
     )
+    accepted, held = screened(raw)
+    quarantine(run.root, run.settings, held, task_id, day)
+    for _text, finding in held:
+        run.events.emit(
+            "learning_held_back", task=task_id, attempt=attempt.number, rule=finding.rule
+        )
+        log.warning("ralph.learning_held_back", rule=finding.rule, reason=finding.reason)
+    return tuple(accepted)
 
 
 def _learnings_committed(worker: Worker, task_id: str, added: tuple[memory.Learning, ...]) -> None:

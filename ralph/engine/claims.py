@@ -58,8 +58,8 @@ class Claims(Protocol):
         ...
 
     async def others_will_hand_back(self) -> bool:
-        """Whether a task held elsewhere is about to come back (a stalled holder): a batch
-        run waits for it rather than ending with work left."""
+        """Whether another process holds a task: it lands it, or (if that process died) it
+        comes back after stall_timeout. A batch run waits rather than end with work left."""
         ...
 
 
@@ -199,4 +199,5 @@ class FleetClaims:
             holders = await self.queue.holders()
         except QueueUnavailable:
             return False
-        return any(holder.stalled or holder.host is None for holder in holders)
+        me = (self.queue.host, self.queue.pid)
+        return any((holder.host, holder.pid) != me for holder in holders)

@@ -6,14 +6,14 @@ check, each in the repository root within ``check_timeout``.
 
 from __future__ import annotations
 
-import functools
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from ralph.engine.prompt import failure_summary
+from ralph.engine.secrets import Finding as SecretFinding
+from ralph.globs import matches
 from ralph.observe.tracing import NoSpans, Spans
 from ralph.outcome import Reason
 from ralph.runtime.processes import ProcessResult, Stop, run_in_group
@@ -41,6 +41,8 @@ class Verdict:
     retry_at: datetime | None = None
     detail: str = ""
     """The last line the agent printed, for a failure of the agent itself."""
+    secrets: tuple[SecretFinding, ...] = ()
+    """For a secret in the change: where each one is (never the value)."""
 
     @property
     def headline(self) -> str:
@@ -60,37 +62,6 @@ class CheckResult:
     @property
     def ok(self) -> bool:
         return self.outcome == "exited" and self.exit_code == 0
-
-
-@functools.lru_cache(maxsize=256)
-def _glob_regex(glob: str) -> re.Pattern[str]:
-    out = []
-    i = 0
-    while i < len(glob):
-        if glob.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif glob.startswith("/**", i) and i + 3 == len(glob):
-            out.append("(?:/.*)?")
-            i += 3
-        elif glob.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif glob[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif glob[i] == "?":
-            out.append("[^/]")
-            i += 1
-        else:
-            out.append(re.escape(glob[i]))
-            i += 1
-    return re.compile("".join(out))
-
-
-def matches(path: str, globs: Sequence[str]) -> bool:
-    """True when ``path`` (from the repository root) matches any glob; ``**`` spans folders."""
-    return any(_glob_regex(glob.strip("/")).fullmatch(path) for glob in globs)
 
 
 def judge_entries(
@@ -161,14 +132,16 @@ async def run_checks(
     grace: float,
     stop: Stop,
     spans: Spans | None = None,
+    wrap: Callable[[Sequence[str]], list[str]] = list,
 ) -> list[CheckResult]:
-    """Run the checks in order until one fails (or a stop is requested)."""
+    """Run the checks in order until one fails (or a stop is requested); ``wrap`` puts each
+    check's command line in the sandbox when there is one."""
     results = []
     for index, command in enumerate(checks, start=1):
         log_path = log_dir / f"check-{index}.log"
         with (spans or NoSpans()).span("ralph.check", command=command) as annotate:
             result = await _run_check(
-                command,
+                wrap(["/bin/sh", "-c", command]),
                 log_path=log_path,
                 root=root,
                 env=env,
@@ -188,7 +161,7 @@ async def run_checks(
 
 
 async def _run_check(
-    command: str,
+    argv: list[str],
     *,
     log_path: Path,
     root: Path,
@@ -198,7 +171,7 @@ async def _run_check(
     stop: Stop,
 ) -> ProcessResult:
     return await run_in_group(
-        ["/bin/sh", "-c", command],
+        argv,
         cwd=root,
         env=env,
         log_path=log_path,

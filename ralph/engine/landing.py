@@ -89,6 +89,8 @@ async def _land(
         if isinstance(built, Verdict):
             return built
         tree, added = built
+        if not change.checked and not added:
+            return Landed(None)  # every learning was known already: no empty commit
         if tip != change.base and change.checked:
             provisional = await to_thread.run_sync(
                 trees.commit_tree, run.git, tree, [tip], f"ralph: re-check {change.task_id}\n"
@@ -111,6 +113,8 @@ async def _land(
         result = await to_thread.run_sync(target.publish, change.task_id, tip, commit)
         if isinstance(result, Published):
             return Landed(commit, tuple(added), spent)
+        if not result.moved and run.stop.is_requested:
+            return Verdict(Reason.INTERRUPTED, "ralph was asked to stop while it waited to land.")
         if not result.moved:
             return Verdict(
                 Reason.CONFLICT,

@@ -25,7 +25,8 @@ from ralph.engine.retention import prune_attempts, prune_daily
 from ralph.engine.task import AgentAuthFailed, run_task
 from ralph.engine.worker import Run, Worker
 from ralph.errors import RalphError, RepositoryError
-from ralph.vcs import repo, trees
+from ralph.memory.learnings import audit
+from ralph.vcs import trees
 
 log = structlog.get_logger("ralph")
 
@@ -41,6 +42,20 @@ async def prepare(the_run: Run) -> None:
         raise RepositoryError(foreign)
     await to_thread.run_sync(_tidy_worktrees, the_run)
     await to_thread.run_sync(prune_attempts, the_run)
+    await to_thread.run_sync(_audit_memory, the_run)
+
+
+def _audit_memory(the_run: Run) -> None:
+    """Say once per run when the memory file (or a mirror) holds text the screen wouldn't
+    let in: agents read it before every task."""
+    findings = audit(the_run.root, the_run.settings)
+    if findings:
+        log.warning(
+            "ralph.memory_findings",
+            count=len(findings),
+            first=str(findings[0])[:300],
+            detail="see `ralph learnings audit`",
+        )
 
 
 async def foreign_changes(the_run: Run) -> str:
@@ -52,7 +67,7 @@ async def foreign_changes(the_run: Run) -> str:
     specs = the_run.settings.specs_dir.as_posix() + "/"
     dirty = [
         path
-        for path in await to_thread.run_sync(repo.dirty_paths, the_run.root)
+        for path in await to_thread.run_sync(trees.dirty_paths, the_run.git)
         if not path.startswith(specs)
     ]
     if not dirty:
@@ -72,7 +87,7 @@ def _tidy_worktrees(the_run: Run) -> None:
         for path in folder.iterdir():
             if path.name not in wanted:
                 trees.remove_worktree(the_run.git, path)
-    the_run.git.run("worktree", "prune")
+    trees.prune_worktrees(the_run.git)
 
 
 async def run(the_run: Run, options: RunOptions) -> int:
@@ -157,8 +172,9 @@ class Loop:
                     if not started and not self.running:
                         self.run.notify.status("idle: waiting for new specs")
                 finished = await self._next_finished(receive)
-                for done in finished:
-                    error = error or await self._account(done)
+                for done in finished:  # every one is accounted for, even after an error
+                    failure = await self._account(done)
+                    error = error or failure
                 if error is not None:
                     self.run.stop.request("error")
                     end = end or RunEnd.ERROR

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -29,7 +30,7 @@ from ralph.engine.attempt import DIFF_CAP, commit_learnings_only
 from ralph.engine.landing import MergeQueue
 from ralph.engine.worker import Run, Worker
 from ralph.errors import RepositoryError
-from ralph.memory.file import read_learnings_file
+from ralph.memory.learnings import take_learnings
 from ralph.runtime import cgroups
 from ralph.runtime.processes import kill_now, processes_with_env, start_time
 from ralph.vcs import land, repo, trees
@@ -79,8 +80,16 @@ async def _recover_attempt(run: Run, intent: AttemptIntent) -> None:
         attempt_dir = _attempt_dir(run, intent)
         await to_thread.run_sync(_restore_git, worker, intent.start_commit)
         changes = await to_thread.run_sync(_keep_changes, worker, intent, attempt_dir)
+        day = datetime.now(UTC).date().isoformat()
         learnings = tuple(
-            await to_thread.run_sync(read_learnings_file, attempt_dir / "learnings.md")
+            await to_thread.run_sync(
+                take_learnings,
+                run.root,
+                run.settings,
+                attempt_dir / "learnings.md",
+                intent.task_id,
+                day,
+            )
         )
         done = intent.task_id in await to_thread.run_sync(run.target.done)
         if not done:
@@ -141,12 +150,12 @@ def _restore_git(worker: Worker, start: str) -> None:
     common = Path(
         worker.run.git.run("rev-parse", "--path-format=absolute", "--git-common-dir").strip()
     )
-    gitdir = common / "worktrees" / worker.name
-    tampered = guard.restore(common, git_files, gitdir if gitdir.is_dir() else None)
+    tree = trees.worktree_git(worker.run.git, worker.worktree)
+    tampered = guard.restore(common, git_files, tree.git_dir)
     if tampered:
         log.warning("ralph.git_restored", files=tampered)
-    tree = worker.run.git.at(worker.worktree)
-    agent_commits = guard.worktree_commits(tree, start) if worker.worktree.is_dir() else set()
+    known = tree.git_dir is not None and worker.worktree.is_dir()
+    agent_commits = guard.worktree_commits(tree, start) if known else set()
     moved = guard.restore_refs(worker.run.git, refs, worker.run.branch, agent_commits)
     if moved:
         log.warning("ralph.refs_restored", refs=moved[:10])
@@ -156,7 +165,10 @@ def _keep_changes(worker: Worker, intent: AttemptIntent, attempt_dir: Path) -> i
     """The worktree's changes against the attempt's start, as interrupted.diff."""
     if not worker.worktree.is_dir():
         return 0
-    tree = worker.run.git.at(worker.worktree)
+    tree = trees.worktree_git(worker.run.git, worker.worktree)
+    if tree.git_dir is None:
+        return 0  # git has no record of it: nothing of the agent's to read safely
+    trees.repair_dot_git(worker.worktree, tree.git_dir)
     try:
         agent_tree = trees.tree_of_worktree(
             tree, worker.scratch / "base.index", worker.scratch / "recovered.index"
@@ -206,13 +218,21 @@ async def _recover_legacy(run: Run) -> None:
     folder = run.ralph_dir / "attempts" / "recovered-from-an-older-ralph"
     folder.mkdir(parents=True, exist_ok=True)
     specs = run.settings.specs_dir.as_posix()
-    dirty = await to_thread.run_sync(lambda: repo.dirty_paths(run.root))
+    dirty = await to_thread.run_sync(trees.dirty_paths, run.git)
     outside = [path for path in dirty if not path.startswith(f"{specs}/")]
     if outside:
+        # The record is a file an agent could have written, so it decides nothing that
+        # touches the tree: the changes are copied into a diff and left where they are. The
+        # check for uncommitted changes that follows names them; the person decides.
         diff = folder / "interrupted.diff"
         await to_thread.run_sync(repo.save_worktree_diff, run.root, diff, specs)
-        await to_thread.run_sync(repo.restore, run.root, "HEAD", specs)
-        log.warning("ralph.interrupted_changes_kept", diff=str(diff), files=len(outside))
+        log.warning(
+            "ralph.interrupted_changes_kept",
+            diff=str(diff),
+            files=len(outside),
+            detail="an older ralph was killed during an attempt; its changes are still in "
+            "the tree (commit, stash or discard them) and copied into the diff",
+        )
     task_id = raw.get("task_id")
     attempt = raw.get("attempt")
     if isinstance(task_id, str) and isinstance(attempt, int) and attempt > 0:

@@ -1,8 +1,8 @@
 """Attempt folders don't pile up: ``.ralph/attempts`` is pruned at start and once a day.
 
-Kept whatever their age: the newest ``keep_attempts`` folders, every attempt in progress,
-and each task's last failed attempt (its diff is what a person looks at). Removed: the rest
-that are older than ``keep_attempts_for``, and beyond the count the oldest first.
+Always kept: every attempt in progress, and each task's last failed attempt (its diff is
+what a person looks at). Any other folder is removed once it is older than
+``keep_attempts_for`` or not among the newest ``keep_attempts``.
 """
 
 from __future__ import annotations

@@ -71,21 +71,15 @@ async def _run_task(worker: Worker, queue: MergeQueue, pause: Pause, task: Task)
             last = outcome.reason
             if outcome.reason is Reason.CONFLICT:  # nobody's fault: the attempt isn't used
                 conflicts += 1
+                if run.stop.is_requested:
+                    return TaskOutcome("interrupted", cost_usd=spent)
                 if conflicts < MAX_CONFLICTS:
                     continue
                 await to_thread.run_sync(_record_attempt, worker, spec, number, outcome)
                 break
             conflicts = 0
-            await to_thread.run_sync(_record_attempt, worker, spec, number, outcome)
-            await run.claims.counted(task, cost)
+            await _count(worker, task, number, outcome, cost)
             if outcome.reason.passed:
-                commit = outcome.commit or ""
-                if commit:
-                    await to_thread.run_sync(run.state.record_done, spec.id, spec.digest, commit)
-                run.events.emit(
-                    "task_done", task=spec.id, attempts=number, commit=commit, worker=worker.number
-                )
-                log.info("ralph.task_committed", attempts=number, commit=commit[:12])
                 return TaskOutcome("done", cost_usd=spent)
             if run.stop.is_requested:  # recorded above; the next attempt waits for a new run
                 return TaskOutcome("interrupted", cost_usd=spent)
@@ -93,6 +87,23 @@ async def _run_task(worker: Worker, queue: MergeQueue, pause: Pause, task: Task)
         reason = await _task_failed(worker, queue, spec, (min(number, limit), last), failed_checks)
         await run.claims.failed(task, reason)
         return TaskOutcome("failed", last, spent)
+
+
+async def _count(
+    worker: Worker, task: Task, number: int, outcome: AttemptOutcome, cost: float
+) -> None:
+    """The attempt was used: remember it (and, when it passed, the commit that did it)."""
+    run, spec = worker.run, task.spec
+    assert spec is not None
+    await to_thread.run_sync(_record_attempt, worker, spec, number, outcome)
+    await run.claims.counted(task, cost)
+    if not outcome.reason.passed:
+        return
+    commit = outcome.commit or ""
+    if commit:
+        await to_thread.run_sync(run.state.record_done, spec.id, spec.digest, commit)
+    run.events.emit("task_done", task=spec.id, attempts=number, commit=commit, worker=worker.number)
+    log.info("ralph.task_committed", attempts=number, commit=commit[:12])
 
 
 def _interrupted(worker: Worker, outcome: AttemptOutcome) -> bool:
@@ -113,7 +124,8 @@ def _auth_message(worker: Worker, outcome: AttemptOutcome) -> str:
 
 def _record_attempt(worker: Worker, spec: Spec, number: int, outcome: AttemptOutcome) -> None:
     summary = outcome.verdict.summary if outcome.verdict else ""
-    worker.run.state.record_attempt(spec.id, spec.digest, number, summary, outcome.reason)
+    failed = None if outcome.reason.passed else outcome.reason
+    worker.run.state.record_attempt(spec.id, spec.digest, number, summary, failed)
 
 
 async def _task_failed(

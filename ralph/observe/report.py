@@ -4,6 +4,10 @@ The charts are SVG drawn here, the style sheet is inline and nothing is loaded f
 anywhere, so the page opens offline and can be mailed or archived as it is. The numbers
 behind the charts are embedded as JSON (``<script type="application/json"
 id="ralph-data">``) for whoever wants to read them back.
+
+The page stays small whatever the log holds: the charts by day show the last
+``MAX_CHART_DAYS`` days, a bar chart at most ``MAX_BARS`` bars, the task table at most
+``MAX_TABLE_ROWS`` rows (the embedded JSON has every number).
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from ralph.runtime.atomic import write_atomic
 
 WIDTH, HEIGHT = 640, 240
 LEFT, RIGHT, TOP, BOTTOM = 48, 12, 16, 44
+MAX_CHART_DAYS = 366
+MAX_BARS = 50
+MAX_TABLE_ROWS = 1000
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; color: #1d2330; margin: 2rem auto;
@@ -62,19 +69,17 @@ def write_report(stats: Stats, path: Path, generated: datetime | None = None) ->
 def render(stats: Stats, generated: datetime) -> str:
     """The whole HTML page."""
     window = f" since {stats.since}" if stats.since else ""
+    days = stats.days[-MAX_CHART_DAYS:]
+    histogram = list(stats.attempts_histogram.items())[:MAX_BARS]
     charts = [
-        ("Tasks done per day", bar_chart("done-per-day", [Bar(d.day, d.done) for d in stats.days])),
+        ("Tasks done per day", bar_chart("done-per-day", [Bar(d.day, d.done) for d in days])),
         (
             "Attempts per finished task",
-            bar_chart(
-                "attempts",
-                [Bar(f"{n}", tasks) for n, tasks in stats.attempts_histogram.items()],
-                x_title="attempts",
-            ),
+            bar_chart("attempts", [Bar(f"{n}", t) for n, t in histogram], x_title="attempts"),
         ),
         (
             "First-attempt success rate by day",
-            line_chart("first-attempt-rate", [(d.day, d.first_attempt_rate) for d in stats.days]),
+            line_chart("first-attempt-rate", [(d.day, d.first_attempt_rate) for d in days]),
         ),
         (
             "Failed attempts by class",
@@ -115,7 +120,8 @@ def render(stats: Stats, generated: datetime) -> str:
 
 
 def _bars(counts: dict[str, int]) -> list[Bar]:
-    return [Bar(label, value) for label, value in counts.items()]
+    """The most frequent first (as the stats rank them), at most ``MAX_BARS``."""
+    return [Bar(label, value) for label, value in list(counts.items())[:MAX_BARS]]
 
 
 def _embedded_json(stats: Stats) -> str:
@@ -143,12 +149,17 @@ def _cell(index: int, text: str) -> str:
 def _tasks_table(stats: Stats) -> str:
     if not stats.tasks:
         return '<p class="empty">No task in this window.</p>'
-    return _table(task_rows(stats), list(TASK_COLUMNS))
+    rows = task_rows(stats)
+    table = _table(rows[:MAX_TABLE_ROWS], list(TASK_COLUMNS))
+    if len(rows) > MAX_TABLE_ROWS:
+        left = len(rows) - MAX_TABLE_ROWS
+        table += f'<p class="empty">{left} more tasks: see <code>ralph stats --json</code>.</p>'
+    return table
 
 
 def _scale(values: Sequence[float]) -> float:
     """A round top for the y axis, at least 1."""
-    top = max([1.0, *values])
+    top = max([1.0, *(value for value in values if math.isfinite(value))])
     magnitude = 10 ** math.floor(math.log10(top))
     return float(math.ceil(top / magnitude) * magnitude)
 

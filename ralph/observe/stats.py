@@ -4,10 +4,16 @@ time in the agent and in checks, tokens and cost, and the trend by day.
 Everything here is a pure function of a list of events as ``read_events`` returns them,
 except ``read_all_events`` (reads ``.ralph/``) and ``manual_commits`` (reads git).
 The definitions are spelled out in docs/telemetry.md.
+
+The log is in ``.ralph/``, where an agent can write, so every event is input: a time is
+read within a sane range (from 2020 to a day from now), durations, tokens, costs and
+attempt numbers as finite numbers within bounds, names cut to a readable length, and what
+can't be read is skipped. Numbers and work stay bounded whatever the log holds.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
@@ -44,16 +50,34 @@ def parse_since(text: str) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
+EARLIEST = datetime(2020, 1, 1, tzinfo=UTC)
+"""No ralph wrote an event before this: an earlier ``ts`` is read as this moment."""
+LATEST_AHEAD = timedelta(days=1)
+"""A ``ts`` more than this ahead of the clock is read as that moment (clocks drift, a
+little)."""
+MAX_SECONDS = 366 * 86400.0
+"""The most one agent run or one check can have taken, as far as stats go."""
+MAX_TOKENS = 10**12
+MAX_COST_USD = 1e6
+MAX_ATTEMPT = 10_000
+MAX_NAME = 200
+"""Task ids, failure classes and check commands are cut to this many characters."""
+MAX_DAYS = 3660
+"""The trend covers at most this many days (ten years), ending with the last finish."""
+
+
 def event_time(event: Event) -> datetime | None:
-    """The event's ``ts`` in UTC, or None when it is missing or unreadable."""
+    """The event's ``ts`` in UTC, or None when it is missing or unreadable; a time before
+    ``EARLIEST`` or after tomorrow is read as that bound."""
     ts = event.get("ts")
-    if not isinstance(ts, str):
+    if not isinstance(ts, str) or len(ts) > 64:
         return None
     try:
         moment = datetime.fromisoformat(ts)
-    except ValueError:
+        moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return min(max(moment, EARLIEST), datetime.now(UTC) + LATEST_AHEAD)
 
 
 def events_since(events: Iterable[Event], since: datetime) -> list[Event]:
@@ -276,62 +300,77 @@ def _ranked(counts: Counter[str]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+def _whole(value: Any, limit: int) -> int | None:
+    """A whole number from 0 to ``limit`` (larger ones are read as ``limit``); None for
+    anything else (a negative number, a fraction, text, true/false)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return min(value, limit)
 
 
-def _float(value: Any) -> float | None:
+def _amount(value: Any, limit: float) -> float | None:
+    """A finite number from 0 to ``limit`` (larger ones are read as ``limit``); None for
+    anything else (negative, NaN, infinite, text, true/false)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    number = float(min(value, limit)) if isinstance(value, int) else value
+    if not math.isfinite(number) or number < 0:
+        return None
+    return min(number, limit)
+
+
+def _name(value: Any, default: str = "unknown") -> str:
+    text = str(value) if value else default
+    return text if len(text) <= MAX_NAME else text[: MAX_NAME - 1] + "…"
 
 
 def _plus_int(total: int | None, value: Any) -> int | None:
     """``total + value``, where a null value adds nothing and nulls only stay null."""
-    number = _int(value)
+    number = _whole(value, MAX_TOKENS)
     return total if number is None else (total or 0) + number
 
 
 def _plus_float(total: float | None, value: Any) -> float | None:
-    number = _float(value)
+    number = _amount(value, MAX_COST_USD)
     return total if number is None else (total or 0.0) + number
 
 
 def _on_attempt_started(tally: _Tally, event: Event) -> None:
-    number = _int(event.get("attempt"))
+    number = _whole(event.get("attempt"), MAX_ATTEMPT)
     if number is not None:
         tally.runs.append(((tally.round, number), False))
 
 
 def _on_rolled_back(tally: _Tally, event: Event) -> None:
-    reason = str(event.get("reason") or "unknown")
+    reason = _name(event.get("reason"))
     if reason == "interrupted":
         # A stop is nobody's fault: the attempt doesn't count, and it is no failure.
-        if tally.runs and tally.runs[-1][0][1] == event.get("attempt"):
+        number = _whole(event.get("attempt"), MAX_ATTEMPT)
+        if tally.runs and number is not None and tally.runs[-1][0][1] == number:
             tally.runs[-1] = (tally.runs[-1][0], True)
         return
     tally.failures[reason] += 1
 
 
 def _on_agent_exited(tally: _Tally, event: Event) -> None:
-    tally.agent_seconds += _float(event.get("duration_s")) or 0.0
+    tally.agent_seconds += _amount(event.get("duration_s"), MAX_SECONDS) or 0.0
     tally.input_tokens = _plus_int(tally.input_tokens, event.get("input_tokens"))
     tally.output_tokens = _plus_int(tally.output_tokens, event.get("output_tokens"))
     tally.cost_usd = _plus_float(tally.cost_usd, event.get("cost_usd"))
     tally.agent_runs += 1
-    tally.agent_runs_without_cost += _float(event.get("cost_usd")) is None
+    tally.agent_runs_without_cost += _amount(event.get("cost_usd"), MAX_COST_USD) is None
 
 
 def _on_check_finished(tally: _Tally, event: Event) -> None:
-    tally.check_seconds += _float(event.get("duration_s")) or 0.0
+    tally.check_seconds += _amount(event.get("duration_s"), MAX_SECONDS) or 0.0
     # A check cut short by a stop is no failure of the check.
     if event.get("passed") is False and event.get("outcome") != "stopped":
-        tally.checks[str(event.get("command"))] += 1
+        tally.checks[_name(event.get("command"), "None")] += 1
 
 
 def _on_task_done(tally: _Tally, event: Event) -> None:
     tally.done_at = event_time(event)
-    tally.done_attempts = _int(event.get("attempts"))
+    tally.done_attempts = _whole(event.get("attempts"), MAX_ATTEMPT)
 
 
 def _on_task_failed(tally: _Tally, event: Event) -> None:
@@ -360,6 +399,7 @@ def _tallies(events: Iterable[Event]) -> list[_Tally]:
         task = event.get("task")
         if fold is None or not isinstance(task, str):
             continue
+        task = _name(task)
         fold(tallies.setdefault(task, _Tally(task)), event)
     return list(tallies.values())
 
@@ -416,7 +456,8 @@ def _sum_floats(values: Iterable[float | None]) -> float | None:
 
 
 def _days(finished: list[TaskStats]) -> list[DayStats]:
-    """One entry per UTC day from the first finish to the last, quiet days included."""
+    """One entry per UTC day from the first finish to the last, quiet days included (at
+    most the last ``MAX_DAYS`` days)."""
     by_day: dict[str, list[TaskStats]] = {}
     for task in finished:
         assert task.finished_on is not None
@@ -424,6 +465,7 @@ def _days(finished: list[TaskStats]) -> list[DayStats]:
     if not by_day:
         return []
     first, last = date.fromisoformat(min(by_day)), date.fromisoformat(max(by_day))
+    first = max(first, last - timedelta(days=MAX_DAYS - 1))
     days = []
     for offset in range((last - first).days + 1):
         day = (first + timedelta(days=offset)).isoformat()

@@ -13,15 +13,17 @@ import functools
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
 import anyio
+import structlog
 from anyio.abc import ByteReceiveStream, Process
 
 from ralph.runtime import cgroups
@@ -31,7 +33,12 @@ _POLL = 0.05
 PR_SET_CHILD_SUBREAPER = 36
 LINUX = sys.platform.startswith("linux")
 
-Outcome = Literal["exited", "timeout", "stopped"]
+Outcome = Literal["exited", "timeout", "stopped", "halted", "stalled"]
+"""``halted``: an ``OutputWatch`` asked for the stop (what the child printed said so);
+``stalled``: the watch heard nothing from the child for its ``stall`` seconds."""
+Heard = Literal["nothing", "life", "halt"]
+"""What one line of a watched child's output says: nothing ralph reads, a sign of life, or
+that the child must be stopped now."""
 
 
 class Stop:
@@ -70,20 +77,109 @@ class ProcessResult:
         return self.outcome == "exited" and self.exit_code == 0
 
 
+class OutputWatch:
+    """Reads a child's output line by line while it runs, in bounded memory.
+
+    ``on_line`` gets each complete line (without its newline), or its first ``max_line + 1``
+    bytes when it is longer, and says what it heard. A line that says ``halt`` stops the
+    child (outcome ``halted``); with ``stall`` set, a child that says nothing ``on_line``
+    calls a sign of life for that many seconds is stopped too (outcome ``stalled``). A
+    fault in ``on_line`` is logged once and never stops the child or its log.
+    """
+
+    def __init__(
+        self, on_line: Callable[[bytes], Heard], *, max_line: int, stall: float | None = None
+    ) -> None:
+        self.on_line = on_line
+        self.max_line = max_line
+        self.stall = stall
+        self.halt = anyio.Event()
+        self.heard_at = time.monotonic()
+        self._line = bytearray()
+        self._broken = False
+
+    def feed(self, chunk: bytes) -> None:
+        """Take a chunk of output; hear every line it completes."""
+        start = 0
+        while start <= len(chunk):
+            end = chunk.find(b"\n", start)
+            piece = chunk[start:] if end < 0 else chunk[start:end]
+            room = self.max_line + 1 - len(self._line)
+            if room > 0:
+                self._line += piece[:room]
+            if end < 0:
+                return
+            self._hear()
+            start = end + 1
+
+    def finish(self) -> None:
+        """The output ended: hear a last line that had no newline."""
+        if self._line:
+            self._hear()
+
+    def _hear(self) -> None:
+        line = bytes(self._line)
+        self._line.clear()
+        if self._broken:
+            return
+        try:
+            heard = self.on_line(line)
+        except Exception:  # a reader's fault must not cost the attempt
+            self._broken = True
+            structlog.get_logger().exception("ralph.output_watch_failed")
+            return
+        if heard != "nothing":
+            self.heard_at = time.monotonic()
+        if heard == "halt":
+            self.halt.set()
+
+
 class CappedLog:
     """Writes the first ``cap`` bytes of a stream to a file and remembers its last bytes.
 
     Memory stays constant whatever the child prints; the file ends with the tail when
-    the middle had to be dropped.
+    the middle had to be dropped. The log lives in an attempt's folder, which the agent can
+    write: whatever it planted at the log's path (a symlink, a hard link to another file, a
+    FIFO) is moved aside, and the log is a new file of ralph's, never written through it.
     """
 
     def __init__(self, path: Path, cap: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[bytes] = path.open("wb")
+        self._file: IO[bytes] = os.fdopen(self._open(path), "wb")
         self._cap = cap
         self._tail: collections.deque[bytes] = collections.deque()
         self._tail_size = 0
         self.total = 0
+
+    @staticmethod
+    def _open(path: Path) -> int:
+        """A descriptor on an empty plain file at ``path`` that only ralph's log links to."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+        for _ in range(5):
+            try:
+                fd = os.open(path, flags, 0o644)
+            except OSError:
+                if not (path.is_symlink() or path.exists()):
+                    raise
+                CappedLog._move_aside(path)
+                continue
+            info = os.fstat(fd)
+            if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+                os.set_blocking(fd, True)
+                os.ftruncate(fd, 0)
+                return fd
+            os.close(fd)
+            CappedLog._move_aside(path)
+        raise OSError(f"{path}: something keeps replacing this log")
+
+    @staticmethod
+    def _move_aside(path: Path) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        aside = path.with_name(f"{path.name}.planted-{stamp}-{time.monotonic_ns()}")
+        os.replace(path, aside)
+        structlog.get_logger("ralph").warning(
+            "ralph.path_set_aside", path=str(path), kept_at=str(aside), found="not ralph's log"
+        )
 
     def write(self, chunk: bytes) -> None:
         room = self._cap - self.total
@@ -107,6 +203,11 @@ class CappedLog:
             )
             self._file.write(b"".join(self._tail)[-TAIL_BYTES:])
         self._file.close()
+
+
+_SUPERVISED: set[int] = set()
+"""Children run_in_group is supervising right now (their pids). Module-wide on purpose: it
+describes this process's own children, as the kernel's process table does."""
 
 
 @dataclass
@@ -145,6 +246,11 @@ class ProcessTree:
         found: set[int] = set()
         if self.cgroup is not None:
             found.update(pid for pid in cgroups.members(self.cgroup) if pid in running)
+        elif {self.root} == _SUPERVISED:
+            # No cgroup, and this is the only child ralph supervises: whatever was orphaned
+            # onto ralph (the subreaper) came from it, however fast it re-spawns or whatever
+            # it did to its session and environment.
+            found.update(_descendants_in(list(running.values()), os.getpid()))
         if self.root is not None:
             found.update(pid for pid, row in running.items() if row.pgrp == self.root)
             found.update(_descendants_in(list(running.values()), self.root))
@@ -175,8 +281,10 @@ async def run_in_group(
     on_start: Callable[[int], None] | None = None,
     tree: ProcessTree | None = None,
     on_sample: Callable[[ProcessTree], None] | None = None,
+    watch: OutputWatch | None = None,
 ) -> ProcessResult:
-    """Run ``argv`` in its own session until it exits, times out or a stop is requested.
+    """Run ``argv`` in its own session until it exits, times out, a stop is requested, or
+    ``watch`` halts it or finds it stalled.
 
     Whatever way it ends, no process of its tree is left when this returns. ``on_sample``
     is told each time new processes were seen in the tree (to record them for recovery).
@@ -202,11 +310,15 @@ async def run_in_group(
             stdin_file.close()
         return ProcessResult("exited", 127, 0.0, log.total, log.tail())
     tree.root = proc.pid
+    _SUPERVISED.add(proc.pid)
     if on_start is not None:
         on_start(proc.pid)
+    if watch is not None:
+        watch.heard_at = time.monotonic()
     try:
-        outcome = await _supervise(proc, log, (timeout, grace), stop, (tree, on_sample))
+        outcome = await _supervise(proc, log, (timeout, grace), (stop, watch), (tree, on_sample))
     finally:
+        _SUPERVISED.discard(proc.pid)
         with anyio.CancelScope(shield=True):
             await _reap(proc)
             log.close()
@@ -220,17 +332,18 @@ async def _supervise(
     proc: Process,
     log: CappedLog,
     limits: tuple[float, float],
-    stop: Stop,
+    stops: tuple[Stop, OutputWatch | None],
     watched: tuple[ProcessTree, Callable[[ProcessTree], None] | None],
 ) -> Outcome:
     timeout, grace = limits
+    stop, watch = stops
     tree, on_sample = watched
     drained = anyio.Event()
     async with anyio.create_task_group() as group:
         assert proc.stdout is not None
-        group.start_soon(_drain, proc.stdout, log, drained)
+        group.start_soon(_drain, proc.stdout, log, drained, watch)
         group.start_soon(_watch_tree, tree, on_sample)
-        outcome = await _wait_for_exit(proc, timeout, stop)
+        outcome = await _wait_for_exit(proc, timeout, stop, watch)
         await stop_tree(tree, grace, stop.forced)
         # A daemon that escaped the group may still hold the pipe: don't wait for it forever.
         with anyio.move_on_after(2):
@@ -250,34 +363,44 @@ async def _watch_tree(tree: ProcessTree, on_sample: Callable[[ProcessTree], None
         await anyio.sleep(SAMPLE_EVERY)
 
 
-async def _drain(stream: ByteReceiveStream, log: CappedLog, drained: anyio.Event) -> None:
+async def _drain(
+    stream: ByteReceiveStream, log: CappedLog, drained: anyio.Event, watch: OutputWatch | None
+) -> None:
     try:
         async for chunk in stream:
             log.write(chunk)
+            if watch is not None:
+                watch.feed(chunk)
     except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
         pass  # the child closed its end: nothing more to read
     finally:
+        if watch is not None:
+            watch.finish()
         drained.set()
 
 
-async def _wait_for_exit(proc: Process, timeout: float, stop: Stop) -> Outcome:
+async def _wait_for_exit(
+    proc: Process, timeout: float, stop: Stop, watch: OutputWatch | None = None
+) -> Outcome:
+    waiters: list[tuple[Outcome, Callable[[], Awaitable[object]]]] = [
+        ("exited", proc.wait),
+        ("stopped", stop.requested.wait),
+    ]
+    if watch is not None:
+        waiters.append(("halted", watch.halt.wait))
+        if watch.stall is not None:
+            waiters.append(("stalled", functools.partial(_stalled, watch, watch.stall)))
     outcome: Outcome = "timeout"
     async with anyio.create_task_group() as group:
 
-        async def exited() -> None:
+        async def until(ending: Outcome, wait: Callable[[], Awaitable[object]]) -> None:
             nonlocal outcome
-            await proc.wait()
-            outcome = "exited"
+            await wait()
+            outcome = ending
             group.cancel_scope.cancel()
 
-        async def stopped() -> None:
-            nonlocal outcome
-            await stop.requested.wait()
-            outcome = "stopped"
-            group.cancel_scope.cancel()
-
-        group.start_soon(exited)
-        group.start_soon(stopped)
+        for ending, wait in waiters:
+            group.start_soon(until, ending, wait)
         await anyio.sleep(timeout)
         group.cancel_scope.cancel()
     if outcome == "timeout" and _has_exited(proc.pid):
@@ -287,6 +410,17 @@ async def _wait_for_exit(proc: Process, timeout: float, stop: Stop) -> Outcome:
             await proc.wait()
         outcome = "exited" if proc.returncode is not None else outcome
     return outcome
+
+
+async def _stalled(watch: OutputWatch, stall: float) -> None:
+    """Return once the watch has heard no sign of life for ``stall`` seconds."""
+    while True:
+        while (left := watch.heard_at + stall - time.monotonic()) > 0:
+            await anyio.sleep(left)
+        # Output may wait in the pipe unread (ralph itself was suspended): read it first.
+        await anyio.sleep(_POLL)
+        if watch.heard_at + stall <= time.monotonic():
+            return
 
 
 def _has_exited(pid: int) -> bool:

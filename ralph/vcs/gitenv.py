@@ -146,10 +146,13 @@ class Git:
 
     cwd: Path
     env: GitEnv
+    git_dir: Path | None = None
+    """Named explicitly for ralph's worktrees: git never goes looking for it (an agent that
+    deletes its worktree's ``.git`` file must not make ralph's git find the user's)."""
 
-    def at(self, cwd: Path) -> Git:
+    def at(self, cwd: Path, git_dir: Path | None = None) -> Git:
         """The same git in another work tree of the repository."""
-        return Git(cwd, self.env)
+        return Git(cwd, self.env, git_dir)
 
     def run(
         self,
@@ -225,9 +228,36 @@ class Git:
         if done.returncode != 0:
             raise GitFailed(args, done.returncode, done.stderr.decode("utf-8", "replace"))
 
+    def stream_capped(self, *args: str, into: IO[bytes], cap: int) -> int:
+        """Like ``stream``, but stop git once ``cap`` bytes were written; returns how many
+        bytes git had produced by then (more than ``cap`` when it was cut)."""
+        proc = subprocess.Popen(
+            self._argv(args, False),
+            cwd=self.cwd,
+            env=self.env.environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert proc.stdout is not None
+        total = 0
+        with proc.stdout:
+            while chunk := proc.stdout.read(1 << 20):
+                room = cap - total
+                if room > 0:
+                    into.write(chunk[:room])
+                total += len(chunk)
+                if total > cap:
+                    proc.kill()
+                    break
+        proc.wait()
+        return total
+
     def _argv(self, args: Sequence[str], history: bool) -> list[str]:
         shallow = ["--shallow-file", str(self.env.shallow_file)] if history else []
-        return ["git", *shallow, *args]
+        where = []
+        if self.git_dir is not None:
+            where = ["--git-dir", str(self.git_dir), "--work-tree", str(self.cwd)]
+        return ["git", *where, *shallow, *args]
 
 
 def _base_environment(environ: Mapping[str, str]) -> dict[str, str]:

@@ -114,6 +114,9 @@ def advance(
         return Refused(False, f"a git process kept holding {landing.index}.lock")
     tree, scratch = git.at(landing.worktree), landing.scratch_index
     try:
+        now = git.run("rev-parse", "-q", "--verify", ref, check=False).strip()
+        if now != old:  # a person committed while ralph waited for the lock
+            return Refused(True, "the branch moved meanwhile")
         if landing.index.exists():
             shutil.copyfile(landing.index, scratch)
         else:
@@ -153,7 +156,8 @@ def finish_interrupted(git: Git, branch: str, old: str, new: str, landing: Landi
             return "undone"
         return "nothing to do"
     finally:
-        lock.unlink(missing_ok=True)
+        if not git_running_in(landing.worktree):  # else the lock is a live git's, not ours
+            lock.unlink(missing_ok=True)
         scratch.unlink(missing_ok=True)
 
 

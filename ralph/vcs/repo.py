@@ -399,3 +399,44 @@ def task_message(title: str, trailers: dict[str, str]) -> str:
     subject = " ".join(title.split()) or "ralph task"
     lines = [f"{key}: {value}" for key, value in trailers.items()]
     return f"{subject}\n\n" + "\n".join(lines) + "\n"
+
+
+def trailers_of(root: Path, commits: list[str]) -> dict[str, dict[str, str]]:
+    """The ``Ralph-*`` trailers of each of ``commits`` (full ids), read with one ``git log``:
+    commit id -> trailer key -> value (the last one when a key repeats). A commit that is
+    not there (history rewritten since) is left out."""
+    unique = list(dict.fromkeys(commits))
+    if not unique:
+        return {}
+    with open_repo(root) as repo:
+        try:
+            out = repo.git.log(
+                "--no-walk=unsorted", "--format=%H%x1f%(trailers:only,unfold)%x1e", *unique
+            )
+        except git.GitCommandError:
+            # One missing commit fails the whole log; ask for each alone instead.
+            each = {sha: _trailers_of_one(repo, sha) for sha in unique}
+            return {sha: trailers for sha, trailers in each.items() if trailers}
+    found: dict[str, dict[str, str]] = {}
+    for entry in out.split("\x1e"):
+        sha, _, trailers = entry.strip("\n").partition("\x1f")
+        if sha:
+            found[sha] = _ralph_trailers(trailers)
+    return found
+
+
+def _trailers_of_one(repo: git.Repo, sha: str) -> dict[str, str]:
+    try:
+        out = repo.git.log("--no-walk", "--format=%(trailers:only,unfold)", sha)
+    except git.GitCommandError:
+        return {}
+    return _ralph_trailers(out)
+
+
+def _ralph_trailers(text: str) -> dict[str, str]:
+    trailers = {}
+    for line in text.splitlines():
+        key, separator, value = line.partition(":")
+        if separator and key.startswith("Ralph-"):
+            trailers[key.strip()] = value.strip()
+    return trailers

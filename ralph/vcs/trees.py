@@ -11,14 +11,21 @@ from __future__ import annotations
 import os
 import posixpath
 import shutil
+import stat
 import subprocess
 import tarfile
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from ralph.vcs.gitenv import Git, GitFailed
+
+_WORKTREES = threading.RLock()
+"""Held while git adds, removes or prunes worktrees: ``git worktree prune`` run by one worker
+while another's ``git worktree add`` is half done deletes the new worktree's record."""
 
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 GITLINK = "160000"
@@ -44,18 +51,57 @@ def prepare_worktree(main: Git, path: Path, commit: str) -> Git:
     """A worktree of ralph's at ``path``, detached at ``commit``, with tracked and untracked
     files exactly as in ``commit``; ignored files (caches) are left where they are.
 
-    Created when missing, repaired when git no longer knows it, reused otherwise. Its index
-    is rebuilt from scratch: whatever flags an agent set in it are gone.
+    Created when missing, repaired when its ``.git`` file or git's record of it is gone,
+    reused otherwise. Its index is rebuilt from scratch: whatever flags an agent set in it
+    are gone. The returned git names the worktree's git directory explicitly.
     """
-    tree = main.at(path)
-    if not _is_worktree_of(main, path):
-        if path.exists() or path.is_symlink():
-            _remove(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        main.run("worktree", "prune")
-        main.run("worktree", "add", "--detach", "--force", "--no-checkout", str(path), commit)
+    with _WORKTREES:
+        admin = worktree_admin(main, path)
+        if admin is None:
+            if path.exists() or path.is_symlink():
+                _remove(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            main.run("worktree", "prune")
+            main.run("worktree", "add", "--detach", "--force", "--no-checkout", str(path), commit)
+            admin = worktree_admin(main, path)
+            if admin is None:
+                raise GitFailed(["worktree", "add"], 1, f"git made no worktree at {path}")
+    repair_dot_git(path, admin)
+    tree = main.at(path, admin)
     reset_worktree(tree, commit, clean_ignored=False)
     return tree
+
+
+def worktree_admin(main: Git, path: Path) -> Path | None:
+    """The git directory git keeps for the worktree at ``path`` (``<common>/worktrees/<n>``),
+    found from git's side (its ``gitdir`` file), never from the worktree's ``.git`` file."""
+    common = Path(main.run("rev-parse", "--path-format=absolute", "--git-common-dir").strip())
+    wanted = str(path / ".git")
+    folder = common / "worktrees"
+    for admin in sorted(folder.iterdir()) if folder.is_dir() else []:
+        try:
+            if (admin / "gitdir").read_text().strip() == wanted:
+                return admin
+        except OSError:
+            continue
+    return None
+
+
+def repair_dot_git(path: Path, admin: Path) -> None:
+    """Put the worktree's ``.git`` file back as git wrote it, whatever the agent did to it."""
+    dot_git = path / ".git"
+    wanted = f"gitdir: {admin}\n"
+    try:
+        if dot_git.is_file() and not dot_git.is_symlink() and dot_git.read_text() == wanted:
+            return
+    except OSError:
+        pass
+    if dot_git.is_dir() and not dot_git.is_symlink():
+        shutil.rmtree(dot_git)
+    else:
+        dot_git.unlink(missing_ok=True)
+    path.mkdir(parents=True, exist_ok=True)
+    dot_git.write_text(wanted)
 
 
 def reset_worktree(
@@ -74,20 +120,26 @@ def reset_worktree(
     tree.run(*clean)
 
 
+def worktree_git(main: Git, path: Path) -> Git:
+    """git for ralph's worktree at ``path`` with its git directory named explicitly (as
+    prepared by prepare_worktree); plain discovery when git has no record of it."""
+    admin = worktree_admin(main, path)
+    return main.at(path, admin)
+
+
 def remove_worktree(main: Git, path: Path) -> None:
     """Remove one of ralph's worktrees, files and registration."""
-    main.run("worktree", "remove", "--force", "--force", str(path), check=False)
-    if path.exists():
-        _remove(path)
-    main.run("worktree", "prune")
+    with _WORKTREES:
+        main.run("worktree", "remove", "--force", "--force", str(path), check=False)
+        if path.exists():
+            _remove(path)
+        main.run("worktree", "prune")
 
 
-def _is_worktree_of(main: Git, path: Path) -> bool:
-    if not (path / ".git").is_file():
-        return False
-    listed = main.run("worktree", "list", "--porcelain", "-z").split("\0")
-    wanted = f"worktree {path}"
-    return wanted in listed and main.at(path).status("rev-parse", "--git-dir") == 0
+def prune_worktrees(main: Git) -> None:
+    """git forgets worktrees whose folders are gone (never one another worker is adding)."""
+    with _WORKTREES:
+        main.run("worktree", "prune")
 
 
 def _remove(path: Path) -> None:
@@ -102,6 +154,23 @@ def copy_index(tree: Git, dest: Path) -> None:
     building the change's tree from it only re-reads the files that changed."""
     index = Path(tree.run("rev-parse", "--path-format=absolute", "--git-path", "index").strip())
     shutil.copyfile(index, dest)
+
+
+def dirty_paths(git: Git, under: str | None = None) -> list[str]:
+    """Tracked changes and untracked files in git's work tree, as ``git status`` lists them
+    (ignored ones not), run ralph's way: no hook, no fsmonitor an agent planted."""
+    pathspec = ["--", f":(top){under}"] if under else []
+    out = git.run("status", "--porcelain=v1", "-z", "--untracked-files=all", *pathspec)
+    entries = [entry for entry in out.split("\0") if entry]
+    paths: list[str] = []
+    skip = False
+    for entry in entries:
+        if skip:  # the source path of a rename
+            skip = False
+            continue
+        paths.append(entry[3:])
+        skip = entry[0] in "RC"
+    return paths
 
 
 # --- the change as a tree -----------------------------------------------------------------
@@ -206,20 +275,22 @@ def replay(git: Git, base: str, change: str, onto: str) -> str | None:
 
 def save_diff(git: Git, old: str, new: str, dest: Path, cap: int) -> bool:
     """Write the change from ``old`` to ``new`` as a binary patch into ``dest``, streamed to
-    disk and cut at ``cap`` bytes (a note says so). Returns True when it was cut."""
+    disk and cut at ``cap`` bytes (git is stopped there; a note says so). Returns True when
+    it was cut."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     partial = dest.with_name(dest.name + ".part")
     with _open_new(partial) as handle:
-        git.stream("diff", "--binary", "--no-ext-diff", "--no-textconv", old, new, into=handle)
-    size = partial.stat().st_size
-    cut = size > cap
-    if cut:
-        with partial.open("r+b") as handle:
-            handle.truncate(cap)
-            handle.seek(0, os.SEEK_END)
-            handle.write(f"\n[... {size - cap} bytes not kept (cap {cap}) ...]\n".encode())
+        total = git.stream_capped(
+            "diff", "--binary", "--no-ext-diff", "--no-textconv", old, new, into=handle, cap=cap
+        )
+        if total > cap:
+            handle.write(
+                f"\n[... the rest not kept: the diff is cut at {cap} bytes ...]\n".encode()
+            )
+    if dest.is_symlink() or (dest.exists() and not dest.is_file()):
+        dest.replace(dest.with_name(f"{dest.name}.planted-{os.getpid()}-{time.time_ns()}"))
     partial.replace(dest)
-    return cut
+    return total > cap
 
 
 def save_nested_repositories(
@@ -255,6 +326,13 @@ def _size_of(path: Path) -> int:
 
 
 def _open_new(path: Path) -> IO[bytes]:
-    """Open ``path`` for writing without following a symlink planted there."""
+    """Open ``path`` for writing without following a symlink planted there: whatever is at
+    the path and isn't a plain file of its own is moved aside first."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        info = None
+    if info is not None and (not stat.S_ISREG(info.st_mode) or info.st_nlink > 1):
+        path.replace(path.with_name(f"{path.name}.planted-{os.getpid()}-{time.time_ns()}"))
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
     return os.fdopen(fd, "wb")
