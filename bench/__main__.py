@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 
-from bench import flood, idle, latency, memory, overhead, scale
+from bench import flood, idle, latency, memory, overhead, parallel, sandbox, scale, screen_corpus
 
 QUICK = {
     "overhead": ["--tasks", "100", "--repetitions", "3"],
@@ -20,11 +20,16 @@ QUICK = {
     "latency": ["--trials", "5", "--idle-seconds", "60"],
     "scale": ["--specs", "10000", "--repetitions", "3"],
     "idle": ["--minutes", "3", "--poll-interval", "5s"],
+    "parallel": ["--tasks", "16", "--workers", "1", "2", "4", "--memory-tasks", "40"],
+    "sandbox": ["--runs", "10"],
+    "screen": [],
 }
 FULL = {
     **QUICK,
     "memory": ["--tasks", "2000", "--every", "250"],
     "idle": ["--minutes", "60", "--poll-interval", "30s"],
+    "parallel": ["--tasks", "40", "--workers", "1", "2", "4", "8", "--memory-tasks", "200"],
+    "sandbox": ["--runs", "30"],
 }
 MAINS = {
     "overhead": overhead.main,
@@ -33,6 +38,9 @@ MAINS = {
     "latency": latency.main,
     "scale": scale.main,
     "idle": idle.main,
+    "parallel": parallel.main,
+    "sandbox": sandbox.main,
+    "screen": screen_corpus.main,
 }
 
 

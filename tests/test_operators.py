@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -263,3 +264,28 @@ def test_an_agent_deleting_its_dot_git_makes_no_persons_commit_its_own(
     assert persons in history
     assert (project.root / "person.txt").read_text() == "mine\n"
     assert not named(project, "refs_restored")
+
+
+def test_two_tasks_failing_on_the_same_check_each_keep_their_own_lesson(
+    project: Project,
+) -> None:
+    """Their failure lessons read alike but name different tasks: both are written, each
+    under its own task, and neither is relabelled with the other's id."""
+    check = "python3 -c 'import sys; sys.exit(1)'"
+    project.configure(checks=[check], max_attempts=2)
+    for name in ("first", "second"):
+        project.spec(name)
+        attempt = {"steps": [{"write": f"{name}.txt", "content": "x\n"}]}
+        project.attempts(name, attempt, attempt)
+    project.commit()
+    project.ralph("run", "--once", check_code=1)
+    memory = (project.root / "AGENTS.md").read_text()
+    lessons = [
+        re.sub(r" · \d{4}-\d\d-\d\d\]", " · DAY]", line)
+        for line in memory.splitlines()
+        if "failed 2 attempts" in line
+    ]
+    assert lessons == [
+        f"- [{name} · DAY] Task {name} failed 2 attempts; check `{check}` failed in 2 of them."
+        for name in ("first", "second")
+    ]

@@ -675,6 +675,10 @@ async def roll_back(
             log.warning("ralph.diff_cut", diff=str(diff), cap=DIFF_CAP)
         if verdict.secrets:  # the kept diff must not become the place the secret lives on
             await to_thread.run_sync(_mask_diff, worker, diff, verdict)
+    if verdict.secrets:  # nor the worktree, until the next attempt would have reset it
+        await to_thread.run_sync(
+            lambda: trees.reset_worktree(attempt.tree, attempt.start, clean_ignored=False)
+        )
     run.events.emit(
         "rolled_back",
         task=spec.id,

@@ -365,6 +365,8 @@ def merged(raw: bytes, learnings: Sequence[Learning]) -> tuple[bytes | None, lis
         if not lesson.key:
             continue
         match = known.find(lesson)
+        if match is not None and _apart(match, learning):
+            match = None
         if match is None:
             slot = _Slot(lesson, learning, None)
             known.add(slot)
@@ -398,6 +400,8 @@ def compact_learnings(memory_path: Path, archive_path: Path, before: date) -> Co
     dropped: set[int] = set()
     for slot in slots:
         match = None if slot.entry is None else known.find(slot.lesson)
+        if match is not None and slot.entry is not None and _apart(match, slot.entry):
+            match = None
         if match is None:
             known.add(slot)
             kept.append(slot)
@@ -582,6 +586,23 @@ def _relabel(slot: _Slot, newer: Learning) -> bool:
         return False
     slot.entry = replace(entry, task_id=newer.task_id, day=newer.day)
     return True
+
+
+def _apart(slot: _Slot, learning: Learning) -> bool:
+    """Whether ``learning`` is its own lesson although it reads like the entry of ``slot``:
+    it names its own task and that entry is another task's. "Task a failed 3 attempts;
+    check `pytest` failed" and the same of task b are two lessons, not one."""
+    entry = slot.entry
+    if entry is None or entry.task_id == learning.task_id:
+        return False
+    return _names(learning.text, learning.task_id) or _names(entry.text, entry.task_id)
+
+
+def _names(text: str, task_id: str) -> bool:
+    """Whether ``text`` names ``task_id`` as a task: "task <id>" or "`<id>`" (an id such as
+    ``a`` or ``fix`` is also a plain word, so a bare mention doesn't count)."""
+    named = rf"(?:\btask\s+`?{re.escape(task_id)}`?|`{re.escape(task_id)}`)(?![\w-])"
+    return re.search(named, text, flags=re.IGNORECASE) is not None
 
 
 def _relabelled_lines(layout: _Layout, slots: list[_Slot]) -> tuple[str, ...]:

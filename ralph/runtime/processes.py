@@ -249,8 +249,15 @@ class ProcessTree:
         elif {self.root} == _SUPERVISED:
             # No cgroup, and this is the only child ralph supervises: whatever was orphaned
             # onto ralph (the subreaper) came from it, however fast it re-spawns or whatever
-            # it did to its session and environment.
-            found.update(_descendants_in(list(running.values()), os.getpid()))
+            # it did to its session and environment. Not ralph's own git and other helpers,
+            # run meanwhile by other workers or the loop: they are in ralph's session, which
+            # no process of the child's (started in a session of its own) can ever rejoin.
+            own = os.getsid(0)
+            found.update(
+                pid
+                for pid in _descendants_in(list(running.values()), os.getpid())
+                if running[pid].session != own
+            )
         if self.root is not None:
             found.update(pid for pid, row in running.items() if row.pgrp == self.root)
             found.update(_descendants_in(list(running.values()), self.root))
@@ -593,10 +600,12 @@ class _Row:
     pgrp: int
     state: bytes
     start: int
+    session: int
 
 
 def _proc_table() -> list[_Row]:
-    """(pid, ppid, process group, state, start time) of every process, from /proc/<pid>/stat."""
+    """(pid, ppid, process group, state, start time, session) of every process, from
+    /proc/<pid>/stat."""
     table = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -607,7 +616,14 @@ def _proc_table() -> list[_Row]:
             continue
         fields = stat[stat.rfind(b")") + 2 :].split()
         table.append(
-            _Row(int(entry.name), int(fields[1]), int(fields[2]), fields[0], int(fields[19]))
+            _Row(
+                int(entry.name),
+                int(fields[1]),
+                int(fields[2]),
+                fields[0],
+                int(fields[19]),
+                int(fields[3]),
+            )
         )
     return table
 
