@@ -4,12 +4,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# A real agent CLI for the end-to-end test, driven offline against tests/fake_responses_api.py.
+# Real agent CLIs for the end-to-end tests, driven offline against fake model servers
+# (tests/fake_responses_api.py for Codex, tests/fake_messages_api.py for Claude Code).
 CODEX_VERSION := 0.169.0
 CODEX_DIR := $(VENV)/codex
 CODEX_STAMP := $(CODEX_DIR)/.installed-$(CODEX_VERSION)
+CLAUDE_VERSION := 2.1.332
+CLAUDE_DIR := $(VENV)/claude
+CLAUDE_STAMP := $(CLAUDE_DIR)/.installed-$(CLAUDE_VERSION)
 
-.PHONY: install demo test lint bench clean codex
+.PHONY: install demo test lint bench clean codex claude
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +38,22 @@ $(CODEX_STAMP):
 
 codex: $(CODEX_STAMP)
 
-test: $(STAMP) $(CODEX_STAMP)
-	CODEX_BIN=$(CURDIR)/$(CODEX_DIR)/node_modules/.bin/codex $(BIN)/python -m pytest -n 2 -q
+# The npm package carries the native binary for this platform as an optional dependency.
+$(CLAUDE_STAMP):
+	@if command -v npm >/dev/null 2>&1; then \
+		npm install --prefix $(CLAUDE_DIR) --no-audit --no-fund --loglevel=error \
+			@anthropic-ai/claude-code@$(CLAUDE_VERSION) && touch $@ \
+		|| echo "warning: npm could not install @anthropic-ai/claude-code; the claude test will be skipped"; \
+	else \
+		echo "warning: npm not found; the claude end-to-end test will be skipped"; \
+	fi
+
+claude: $(CLAUDE_STAMP)
+
+test: $(STAMP) $(CODEX_STAMP) $(CLAUDE_STAMP)
+	CODEX_BIN=$(CURDIR)/$(CODEX_DIR)/node_modules/.bin/codex \
+	CLAUDE_BIN=$(CURDIR)/$(CLAUDE_DIR)/node_modules/.bin/claude \
+	$(BIN)/python -m pytest -n 2 -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check ralph tests
