@@ -15,6 +15,7 @@ from ralph.observe.stats import (
     manual_commits,
     parse_since,
     read_all_events,
+    summary_rows,
     work_branch,
 )
 from ralph.observe.telemetry import EventLog
@@ -338,3 +339,29 @@ def test_cli_since_is_validated(project: Project, since: str, code: int) -> None
         assert "--since" in result.stderr
     else:
         assert "tasks finished" in result.stdout
+
+
+def test_time_the_merge_queue_and_the_limits_cost() -> None:
+    """Re-checks, the agent and check time of attempts that ended in a conflict, and the
+    waits for limits, each summed on their own."""
+    events = [
+        started("2024-05-01T09:00", "a", 1),
+        agent("2024-05-01T09:01", "a", 1, 40),
+        check("2024-05-01T09:02", "a", 1, "pytest -q", 5),
+        rolled("2024-05-01T09:03", "a", 1, "conflict"),
+        started("2024-05-01T09:04", "a", 1),  # the same attempt again, from the new tip
+        agent("2024-05-01T09:05", "a", 1, 30),
+        check("2024-05-01T09:06", "a", 1, "pytest -q", 4),
+        ev("2024-05-01T09:07", "recheck_started", task="a", worker=0, tip="t"),
+        ev("2024-05-01T09:07", "rechecked", task="a", worker=0, passed=True, duration_s=4.5),
+        ev("2024-05-01T09:08", "task_done", task="a", attempts=1, commit="c"),
+        ev("2024-05-01T09:09", "waiting", reason="usage_limit", seconds=120, until="x", worker=0),
+        ev("2024-05-01T09:20", "waiting", reason="api_outage", seconds=30, until="x", worker=1),
+    ]
+    stats = compute_stats(events)
+    assert (stats.rechecks, stats.recheck_seconds) == (1, 4.5)
+    assert stats.conflict_seconds == 45.0
+    assert stats.waited_seconds == 150.0
+    assert stats.attempts == 1 and stats.failures_by_class == {"conflict": 1}
+    rows = dict(summary_rows(stats))
+    assert rows["re-checks in the merge queue"].startswith("1 (")

@@ -146,6 +146,14 @@ class Stats:
     cost_usd: float | None
     retries: int
     """``task_retried`` events: each is a person putting a failed task back."""
+    rechecks: int = 0
+    """Changes the merge queue checked again because the branch had moved."""
+    recheck_seconds: float = 0.0
+    """Time in those re-checks (also in ``check_seconds``)."""
+    conflict_seconds: float = 0.0
+    """Agent and check time of attempts that ended in a conflict: work thrown away."""
+    waited_seconds: float = 0.0
+    """Time ralph waited out usage limits and outages (``waiting`` events)."""
     manual_commits: int | None = None
     """Commits not made by ralph after its first one; None until read from git."""
 
@@ -181,6 +189,9 @@ def summary_rows(stats: Stats) -> list[tuple[str, str]]:
         ("failures by check", _counts(stats.failures_by_check)),
         ("time in the agent", _duration(stats.agent_seconds)),
         ("time in checks", _duration(stats.check_seconds)),
+        ("re-checks in the merge queue", f"{stats.rechecks} ({_duration(stats.recheck_seconds)})"),
+        ("time lost to conflicts", _duration(stats.conflict_seconds)),
+        ("time waiting out limits", _duration(stats.waited_seconds)),
         ("tokens in / out", f"{_number(stats.input_tokens)} / {_number(stats.output_tokens)}"),
         ("cost", _cost(stats)),
         (
@@ -267,6 +278,11 @@ class _Tally:
     cost_usd: float | None = None
     agent_runs: int = 0
     agent_runs_without_cost: int = 0
+    attempt_seconds: float = 0.0
+    """Agent and check time of the attempt in progress (reset at each attempt_started)."""
+    conflict_seconds: float = 0.0
+    rechecks: int = 0
+    recheck_seconds: float = 0.0
 
     def attempts(self) -> int:
         # ralph runs the same attempt number again after a rate limit, an outage or an
@@ -336,6 +352,7 @@ def _plus_float(total: float | None, value: Any) -> float | None:
 
 
 def _on_attempt_started(tally: _Tally, event: Event) -> None:
+    tally.attempt_seconds = 0.0
     number = _whole(event.get("attempt"), MAX_ATTEMPT)
     if number is not None:
         tally.runs.append(((tally.round, number), False))
@@ -349,11 +366,15 @@ def _on_rolled_back(tally: _Tally, event: Event) -> None:
         if tally.runs and number is not None and tally.runs[-1][0][1] == number:
             tally.runs[-1] = (tally.runs[-1][0], True)
         return
+    if reason == "conflict":  # the agent's and the checks' work, thrown away by the queue
+        tally.conflict_seconds += tally.attempt_seconds
     tally.failures[reason] += 1
 
 
 def _on_agent_exited(tally: _Tally, event: Event) -> None:
-    tally.agent_seconds += _amount(event.get("duration_s"), MAX_SECONDS) or 0.0
+    seconds = _amount(event.get("duration_s"), MAX_SECONDS) or 0.0
+    tally.agent_seconds += seconds
+    tally.attempt_seconds += seconds
     tally.input_tokens = _plus_int(tally.input_tokens, event.get("input_tokens"))
     tally.output_tokens = _plus_int(tally.output_tokens, event.get("output_tokens"))
     tally.cost_usd = _plus_float(tally.cost_usd, event.get("cost_usd"))
@@ -362,7 +383,9 @@ def _on_agent_exited(tally: _Tally, event: Event) -> None:
 
 
 def _on_check_finished(tally: _Tally, event: Event) -> None:
-    tally.check_seconds += _amount(event.get("duration_s"), MAX_SECONDS) or 0.0
+    seconds = _amount(event.get("duration_s"), MAX_SECONDS) or 0.0
+    tally.check_seconds += seconds
+    tally.attempt_seconds += seconds
     # A check cut short by a stop is no failure of the check.
     if event.get("passed") is False and event.get("outcome") != "stopped":
         tally.checks[_name(event.get("command"), "None")] += 1
@@ -381,6 +404,11 @@ def _on_task_retried(tally: _Tally, _event: Event) -> None:
     tally.round += 1
 
 
+def _on_rechecked(tally: _Tally, event: Event) -> None:
+    tally.rechecks += 1
+    tally.recheck_seconds += _amount(event.get("duration_s"), MAX_SECONDS) or 0.0
+
+
 _FOLD: dict[str, Callable[[_Tally, Event], None]] = {
     "attempt_started": _on_attempt_started,
     "rolled_back": _on_rolled_back,
@@ -389,6 +417,7 @@ _FOLD: dict[str, Callable[[_Tally, Event], None]] = {
     "task_done": _on_task_done,
     "task_failed": _on_task_failed,
     "task_retried": _on_task_retried,
+    "rechecked": _on_rechecked,
 }
 
 
@@ -438,6 +467,17 @@ def compute_stats(events: Iterable[Event], since: datetime | None = None) -> Sta
         output_tokens=_sum_ints(task.output_tokens for task in tasks),
         cost_usd=_sum_floats(task.cost_usd for task in tasks),
         retries=sum(event.get("event") == "task_retried" for event in window),
+        rechecks=sum(tally.rechecks for tally in tallies),
+        recheck_seconds=round(sum((tally.recheck_seconds for tally in tallies), 0.0), 3),
+        conflict_seconds=round(sum((tally.conflict_seconds for tally in tallies), 0.0), 3),
+        waited_seconds=round(
+            sum(
+                _amount(event.get("seconds"), MAX_SECONDS) or 0.0
+                for event in window
+                if event.get("event") == "waiting"
+            ),
+            3,
+        ),
     )
 
 
