@@ -137,6 +137,16 @@ def test_prompt_holds_spec_memory_and_rules(project: Project) -> None:
         "Do not commit",
     ):
         assert needle in prompt
+    assert "Change only paths matching" not in prompt  # the spec declares no touches
+
+
+def test_prompt_names_the_touches_the_task_promised(project: Project) -> None:
+    project.spec("task", touches=["src/billing/**", "tests/billing/**"])
+    project.attempts("task", {"steps": [{"write": "src/billing/x.py", "content": "x\n"}]})
+    project.commit()
+    project.ralph("run", "--once", check_code=0)
+    prompt = (latest_attempt_dir(project, "task") / "prompt.md").read_text()
+    assert "Change only paths matching `src/billing/**`, `tests/billing/**`" in prompt
 
 
 @pytest.mark.parametrize(

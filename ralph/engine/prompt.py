@@ -111,6 +111,12 @@ def _rules(ctx: PromptContext) -> str:
         rules.append(
             f"- You may add new files under {globs}, but not change or delete existing ones."
         )
+    if ctx.spec.touches:
+        globs = ", ".join(f"`{glob}`" for glob in ctx.spec.touches)
+        rules.append(
+            f"- Change only paths matching {globs}: other tasks run alongside on the rest. "
+            "A change outside them fails the attempt."
+        )
     rules += [
         f"- These checks must pass, run by the runner from the repository root:\n{checks}",
         "- Write what the next agent should know (conventions, pitfalls, where things live) "
