@@ -128,6 +128,15 @@ def test_three_processes_do_every_task_exactly_once(fleet: Fleet) -> None:
     assert fleet.done_on_remote() == collections.Counter(f"t{n:02d}" for n in range(1, 10))
     committers = set(git(fleet.remote, "log", "main", "--format=%cn").split())
     assert len(committers & {"a", "b", "c"}) >= 2, "only one process did the work"
+    stats = subprocess.run(
+        [sys.executable, "-m", "ralph", "-C", str(fleet.base / "a"), "stats", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    queue = json.loads(stats.stdout)["queue"]  # the whole fleet's view, from any clone
+    assert queue["jobs"].get("succeeded") == 9, queue
+    assert queue["processes"] == 0  # all three have left
 
 
 def test_a_killed_process_loses_its_task_to_another(fleet: Fleet) -> None:

@@ -21,7 +21,7 @@ from ralph.cli.doctor import Finding, examine
 from ralph.cli.learnings import learnings_group
 from ralph.cli.run import run_command
 from ralph.cli.scaffold import init_repository
-from ralph.cli.status import print_status, print_table, read_status
+from ralph.cli.status import print_status, print_table, queue_view, read_status
 from ralph.errors import RalphError, SettingsError, UsageError
 from ralph.observe.report import write_report
 from ralph.observe.stats import (
@@ -183,14 +183,37 @@ def retry(app: Context, task_id: str) -> None:
 @click.pass_obj
 def stats_command(app: Context, as_json: bool, since: str | None) -> None:
     """Attempts, success rates, failures, time and cost, from the event log."""
-    numbers = _stats(app.root(), since)
+    root = app.root()
+    numbers = _stats(root, since)
+    queue = _queue(app, root)
     if as_json:
-        click.echo(json.dumps(numbers.as_dict(), indent=2))
+        document = numbers.as_dict()
+        document["queue"] = queue
+        click.echo(json.dumps(document, indent=2))
         return
     print_table(["OVERALL", ""], [list(row) for row in summary_rows(numbers)])
     if numbers.tasks:
         click.echo("")
         print_table([column.upper() for column in TASK_COLUMNS], task_rows(numbers))
+    if queue is not None:
+        jobs = ", ".join(f"{status} {count}" for status, count in sorted(queue["jobs"].items()))
+        rows = [
+            ["jobs by status", jobs or "none"],
+            ["put back in the queue", str(queue["requeued"])],
+            ["taken from dead processes", str(queue["stalls"])],
+            ["processes alive", str(queue["processes"])],
+        ]
+        click.echo("")
+        print_table(["QUEUE (ALL MACHINES)", ""], rows)
+
+
+def _queue(app: Context, root: Path) -> dict[str, Any] | None:
+    """The shared queue's view when ``queue`` is set; stats work without settings too."""
+    try:
+        settings = app.settings(root)
+    except RalphError:
+        return None
+    return queue_view(settings)
 
 
 @cli.command("report")

@@ -121,6 +121,30 @@ def _fleet_holders(settings: Settings) -> dict[str, dict[str, Any]]:
         return {}
 
 
+def queue_view(settings: Settings) -> dict[str, Any] | None:
+    """The shared queue's jobs by status, requeues, stalls and live processes, for ``ralph
+    stats``; None without a queue, or (with a warning) when it can't be read."""
+    if not settings.queue:
+        return None
+    from ralph.fleet import FleetError, FleetQueue
+
+    async def read() -> dict[str, Any]:
+        async with FleetQueue(settings.queue or "", stall_timeout=settings.stall_timeout) as queue:
+            numbers = await queue.stats()
+        return {
+            "jobs": dict(numbers.jobs),
+            "requeued": numbers.retries,
+            "stalls": numbers.stalls,
+            "processes": numbers.peers,
+        }
+
+    try:
+        return anyio.run(read)
+    except FleetError as exc:
+        click.echo(f"ralph: the queue can't be read ({exc}); its figures are not shown", err=True)
+        return None
+
+
 def _size(folder: Path) -> int:
     """Bytes under ``folder`` (ralph's worktrees included), not following symlinks."""
     total = 0
