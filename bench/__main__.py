@@ -11,7 +11,18 @@ import argparse
 import sys
 import time
 
-from bench import flood, idle, latency, memory, overhead, parallel, sandbox, scale, screen_corpus
+from bench import (
+    fleet,
+    flood,
+    idle,
+    latency,
+    memory,
+    overhead,
+    parallel,
+    sandbox,
+    scale,
+    screen_corpus,
+)
 
 QUICK = {
     "overhead": ["--tasks", "100", "--repetitions", "3"],
@@ -23,6 +34,7 @@ QUICK = {
     "parallel": ["--tasks", "16", "--workers", "1", "2", "4", "--memory-tasks", "40"],
     "sandbox": ["--runs", "10"],
     "screen": [],
+    "fleet": ["--tasks", "30"],
 }
 FULL = {
     **QUICK,
@@ -30,6 +42,7 @@ FULL = {
     "idle": ["--minutes", "60", "--poll-interval", "30s"],
     "parallel": ["--tasks", "40", "--workers", "1", "2", "4", "8", "--memory-tasks", "200"],
     "sandbox": ["--runs", "30"],
+    "fleet": ["--tasks", "60"],
 }
 MAINS = {
     "overhead": overhead.main,
@@ -41,6 +54,7 @@ MAINS = {
     "parallel": parallel.main,
     "sandbox": sandbox.main,
     "screen": screen_corpus.main,
+    "fleet": fleet.main,
 }
 
 

@@ -9,6 +9,7 @@ dead after missing heartbeats) pushes nothing.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -123,9 +124,15 @@ class FleetClaims:
         busy = [touch for task in running if task.spec for touch in task.spec.touches]
         picked: list[Task] = []
         while len(picked) < room:
+            started = time.monotonic()
             claim = await self.queue.claim(exclude_touches=busy)
             if claim is None:
                 break
+            log.info(
+                "ralph.task_claimed",
+                task=claim.task_id,
+                claim_ms=round(1000 * (time.monotonic() - started), 1),
+            )
             task = backlog.get(claim.task_id)
             if task is None or task.spec is None or task.spec.digest != claim.digest:
                 await self.queue.release(claim, Outcome.DROPPED, reason="not runnable here")

@@ -371,16 +371,20 @@ def program_paths(
 ) -> tuple[Bind, ...]:
     """Read-only binds for the programs that live under ``home``, so they still run once the
     home directory is an empty tmpfs: ralph's own Python (its prefix, base prefix and
-    package), each ``PATH`` entry under ``home`` (with the tool folder it belongs to, such as
-    ``~/.pyenv`` for ``~/.pyenv/shims``), and where the symlinks in those entries and the
-    given ``executables`` really live (``~/.local/bin/claude`` points into
-    ``~/.local/share/claude``). Known credential files inside them
-    (``~/.cargo/credentials.toml``) are hidden behind ``/dev/null`` by ``bwrap_argv``.
+    package; also under ``/tmp``, which is private inside too), each ``PATH`` entry under
+    ``home`` (with the tool folder it belongs to, such as ``~/.pyenv`` for ``~/.pyenv/shims``),
+    and where the symlinks in those entries and the given ``executables`` really live
+    (``~/.local/bin/claude`` points into ``~/.local/share/claude``). Known credential files
+    inside them (``~/.cargo/credentials.toml``) are hidden behind ``/dev/null`` by
+    ``bwrap_argv``.
     """
     home = home.resolve()
     found: set[Path] = set()
     for prefix in (sys.prefix, sys.base_prefix, Path(__file__).resolve().parents[2]):
-        found.update(_under(home, Path(prefix).resolve()))
+        installed = Path(prefix).resolve()
+        found.update(_under(home, installed))
+        # /tmp is private inside too: a ralph installed there (a CI checkout, say) must run.
+        found.update(_under(TMP, installed))
     entries = [Path(entry) for entry in search_path.split(os.pathsep) if entry]
     for entry in entries:
         real = entry.resolve() if entry.is_absolute() else None
@@ -394,6 +398,9 @@ def program_paths(
         if located is not None:
             found.update(_install_root(home, located.resolve()))
     return tuple(Bind(path, "ro") for path in _outermost(found))
+
+
+TMP = Path("/tmp")
 
 
 def _under(home: Path, path: Path) -> list[Path]:
