@@ -61,6 +61,8 @@ class Box:
                 matches=matches,
             ).paths,
             home=self.home,
+            # As ralph does: its own Python stays reachable wherever it is installed.
+            binds=program_paths(self.home, os.environ.get("PATH", "")),
             network=False,
             bwrap=sandbox.find_bwrap() or "bwrap",
         )
