@@ -85,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
             three = time.monotonic() - started
             done_three = _tasks_on(workdir / "remote.git", "main")
         finally:
-            _admin(args.url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+            if args.keep:
+                print(f"(keeping database {database})", file=sys.stderr)
+            else:
+                _admin(args.url, f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
     print_table(
         f"{args.tasks} tasks, agent sleeps {args.sleep:g} s, checks = [\"true\"]",
         ["setup", "done once", "seconds", "tasks/hour", "vs single"],

@@ -139,6 +139,23 @@ def test_three_processes_do_every_task_exactly_once(fleet: Fleet) -> None:
     assert queue["processes"] == 0  # all three have left
 
 
+def test_two_processes_with_two_workers_each_land_every_task_once(fleet: Fleet) -> None:
+    """Workers of one process fetch and land side by side: their fetches never collide,
+    and no attempt's guard puts back a remote-tracking ref another worker's fetch moved."""
+    fleet.seed(10, GOOD_AGENT, workers=2, poll_interval="30s")
+    started = time.monotonic()
+    procs = [fleet.start(name, "--once") for name in ("a", "b")]
+    for proc in procs:
+        proc.wait(timeout=180)
+    assert [proc.returncode for proc in procs] == [0, 0], [p.stderr for p in procs]
+    assert fleet.done_on_remote() == collections.Counter(f"t{n:02d}" for n in range(1, 11))
+    for proc in procs:
+        assert "refs/remotes" not in proc.stderr
+    # A batch run that waits for the other's last tasks looks again within a second or
+    # so, not after poll_interval.
+    assert time.monotonic() - started < 30
+
+
 def test_a_killed_process_loses_its_task_to_another(fleet: Fleet) -> None:
     """A process SIGKILLed mid-attempt loses its claim after stall_timeout; another process
     takes the task up and finishes it; nothing is done twice."""

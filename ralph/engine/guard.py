@@ -133,9 +133,12 @@ def _remove_empty_dirs(folder: Path) -> None:
 
 
 def refs(git: Git) -> dict[str, str]:
-    """Every ref and what it points at."""
+    """Every ref and what it points at, but remote-tracking refs (``refs/remotes/``): ralph's
+    own fetches and yours move them while an agent works, and ralph trusts none of them (it
+    reads the remote from the tip it fetched itself, kept in memory)."""
     out = git.run("for-each-ref", "--format=%(refname) %(objectname)")
-    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+    pairs = (line.split(" ", 1) for line in out.splitlines() if " " in line)
+    return {ref: sha for ref, sha in pairs if not ref.startswith("refs/remotes/")}
 
 
 def restore_refs(

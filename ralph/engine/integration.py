@@ -4,6 +4,7 @@ publish a commit made on that tip."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,10 @@ class LocalBranch:
         return _advance_local(self, task_id, old, new)
 
 
+DONE_FRESH = 5.0
+"""Seconds a fetch of the remote is taken as fresh for what is done there."""
+
+
 @dataclass
 class RemoteBranch:
     """The remote's copy of the work branch: fetched before every look, pushed to only as a
@@ -85,13 +90,22 @@ class RemoteBranch:
     before_push: Callable[[str], None] = lambda _task_id: None
     """Raises when the task is no longer this process's to push (its claim was lost)."""
     done_tasks: DoneTasks = field(default_factory=DoneTasks)
+    fetched: tuple[str, float] | None = None
+    """The remote tip this process fetched last, and when (monotonic). Kept in memory: the
+    remote-tracking ref on disk is a file an agent could move."""
 
     def tip(self) -> str:
-        return remote.fetch(self.local.git, self.remote, self.local.branch)
+        sha = remote.fetch(self.local.git, self.remote, self.local.branch)
+        self.fetched = (sha, time.monotonic())
+        return sha
 
     def done(self) -> set[str]:
-        ref = remote.remote_ref(self.remote, self.local.branch)
-        return self.done_tasks.read_ref(self.local.git, ref)
+        """The tasks on the remote, from a fetch at most ``DONE_FRESH`` seconds old."""
+        if self.fetched is None or time.monotonic() - self.fetched[1] > DONE_FRESH:
+            self.tip()
+        assert self.fetched is not None
+        sha = self.fetched[0]
+        return self.done_tasks.read_ref(self.local.git, sha) if sha else set()
 
     def publish(self, task_id: str, old: str, new: str) -> Published | NotPublished:
         self.before_push(task_id)

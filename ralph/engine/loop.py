@@ -139,6 +139,11 @@ class Finished:
     error: RalphError | None = None
 
 
+OTHERS_POLL = 1.0
+"""Seconds between looks at the shared queue while a batch run waits for other processes'
+tasks (they may land, or come back to the queue for this one to take)."""
+
+
 class Loop:
     """The run's workers and the tasks they hold; decisions stay in ``work``."""
 
@@ -149,6 +154,8 @@ class Loop:
         self.running: dict[str, Finished] = {}
         self.reported: set[str] = set()
         self.started = 0
+        self.others_busy = False
+        """With --once and a queue: nothing to do here, but other processes hold tasks."""
 
     async def work(self) -> RunEnd:
         """Tasks until something ends the run; an idle daemon waits, it never ends by itself."""
@@ -166,9 +173,12 @@ class Loop:
                     self._report_invalid(backlog)
                     started = await self._start(group, send, backlog)
                     nothing = not started and not self.running
-                    if nothing and self.options.once and not await self._others_hand_back():
-                        end = RunEnd.BACKLOG_DONE
-                        continue
+                    self.others_busy = False
+                    if nothing and self.options.once:
+                        self.others_busy = await self._others_hand_back()
+                        if not self.others_busy:
+                            end = RunEnd.BACKLOG_DONE
+                            continue
                     if not started and not self.running:
                         self.run.notify.status("idle: waiting for new specs")
                 finished = await self._next_finished(receive)
@@ -234,6 +244,9 @@ class Loop:
         if not waits_for_work and not self.running:
             return finished  # stopping, and no worker to wait for
         timeout = self.run.settings.poll_interval if waits_for_work else None
+        if timeout is not None and self.others_busy:
+            # A batch run waiting for other processes' tasks: see soon whether they landed.
+            timeout = min(timeout, OTHERS_POLL)
         with anyio.move_on_after(timeout):
             async with anyio.create_task_group() as group:
 

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from ralph.vcs.gitenv import Git
+import threading
+import time
+
+from ralph.vcs.gitenv import Git, GitFailed
+
+FETCH_TRIES = 3
+_FETCHING = threading.Lock()
 
 
 def remote_ref(remote: str, branch: str) -> str:
@@ -10,10 +16,24 @@ def remote_ref(remote: str, branch: str) -> str:
 
 
 def fetch(git: Git, remote: str, branch: str) -> str:
-    """Fetch the remote's branch; its tip ('' when the remote has no such branch yet)."""
+    """Fetch the remote's branch; its tip ('' when the remote has no such branch yet).
+
+    One fetch at a time in this process (workers land in parallel), and a fetch that lost
+    the race for the remote-tracking ref to another git (yours) is tried again."""
     refspec = f"+refs/heads/{branch}:{remote_ref(remote, branch)}"
-    git.run("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", remote, refspec)
-    return git.run("rev-parse", "-q", "--verify", remote_ref(remote, branch), check=False).strip()
+    argv = ("fetch", "--quiet", "--no-tags", "--no-write-fetch-head", remote, refspec)
+    with _FETCHING:
+        for tries in range(FETCH_TRIES):
+            try:
+                git.run(*argv)
+                break
+            except GitFailed as exc:
+                if "cannot lock ref" not in str(exc) or tries == FETCH_TRIES - 1:
+                    raise
+                time.sleep(0.2 * (tries + 1))
+        return git.run(
+            "rev-parse", "-q", "--verify", remote_ref(remote, branch), check=False
+        ).strip()
 
 
 def push(git: Git, remote: str, branch: str, commit: str) -> tuple[bool, str]:
