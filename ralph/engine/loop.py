@@ -26,6 +26,7 @@ from ralph.engine.task import AgentAuthFailed, run_task
 from ralph.engine.worker import Run, Worker
 from ralph.errors import RalphError, RepositoryError
 from ralph.memory.learnings import audit
+from ralph.runtime import processes
 from ralph.vcs import trees
 
 log = structlog.get_logger("ralph")
@@ -117,6 +118,8 @@ async def _run(the_run: Run, options: RunOptions) -> int:
             finally:
                 unwatch.set()  # the watcher's thread sees this within one step
                 group.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await _no_stragglers()
     except* RalphError as errors:
         end, code = _end_of(errors)
         _finished(the_run, ledger, end, code)
@@ -127,6 +130,14 @@ async def _run(the_run: Run, options: RunOptions) -> int:
         code = (await to_thread.run_sync(the_run.backlog)).exit_code()
     _finished(the_run, ledger, end, code)
     return code
+
+
+async def _no_stragglers() -> None:
+    """No agent or check runs now: anything still orphaned onto ralph goes before it exits
+    (where ralph is the subreaper; elsewhere such orphans were never ralph's to see)."""
+    killed = await to_thread.run_sync(processes.stop_orphans)
+    if killed:
+        log.warning("ralph.stragglers_stopped", processes=killed)
 
 
 @dataclass(frozen=True)

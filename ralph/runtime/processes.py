@@ -566,6 +566,31 @@ def reap_orphans() -> None:
                 os.waitpid(pid, os.WNOHANG)
 
 
+def stop_orphans(deadline: float = 5.0) -> int:
+    """Kill whatever was orphaned onto ralph and is still running (outside ralph's own
+    session): called when no agent or check runs any more, so anything left is a straggler
+    from one (a process re-spawning faster than the stops sampled it). Returns how many."""
+    own, me = os.getsid(0), os.getpid()
+    killed: set[int] = set()
+    until = time.monotonic() + deadline
+    while time.monotonic() < until:
+        table = _proc_table()
+        rows = {row.pid: row for row in table}
+        left = [
+            pid
+            for pid in _descendants_in(table, me)
+            if rows[pid].session != own and rows[pid].state != b"Z"
+        ]
+        if not left:
+            break
+        kill_now(left)
+        killed.update(left)
+        time.sleep(_POLL)
+        reap_orphans()
+    reap_orphans()
+    return len(killed)
+
+
 def processes_with_env(needle: bytes) -> list[int]:
     """Processes whose environment holds ``needle`` (``NAME=value``), other than ralph."""
     found = []
