@@ -109,6 +109,27 @@ def test_a_conflicting_pair_is_resolved_by_a_retry_on_the_new_tip(project: Proje
     assert overlapping(project)
 
 
+def test_tasks_that_all_change_one_file_all_land(project: Project) -> None:
+    """The merge queue's worst case: every task appends to the same file. Each conflict's
+    next attempt runs alone, so every task lands, once, instead of conflicting with the
+    others until its conflicts run out."""
+    project.configure(**FAST, workers=3)
+    project.write("shared.txt", "")
+    names = [f"s{n}" for n in range(6)]
+    for name in names:
+        project.spec(name)
+        steps = [{"run": f'echo "{name}" >> shared.txt'}, {"sleep": 0.5}]
+        project.attempts(name, *({"steps": steps} for _ in range(6)))
+    project.commit()
+    project.ralph("run", "--once", check_code=0, timeout=120)
+    assert sorted(task for task, _ in project.task_commits()) == names
+    lines = (project.root / "shared.txt").read_text().split()
+    assert sorted(lines) == names
+    assert named(project, "task_failed") == []
+    conflicts = [e for e in named(project, "rolled_back") if e["reason"] == "conflict"]
+    assert conflicts, "the tasks never met in the queue: the test proves nothing"
+
+
 def test_a_change_that_fails_only_with_another_tasks_commit_is_never_committed(
     project: Project,
 ) -> None:

@@ -9,6 +9,8 @@ attempt (``Pause``).
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 import anyio
@@ -39,11 +41,57 @@ class LimitTooFar(RalphError):
     """A usage limit resets later than ralph is willing to wait."""
 
 
+TURN_POLL = 0.5
+"""Seconds between looks for a stop while an attempt waits for its turn."""
+
+
 class Pause:
-    """Until when every worker holds back new attempts (a usage limit or an outage)."""
+    """When workers hold back new attempts: until a usage limit or an outage is over, and
+    while an attempt that must run alone waits for its turn or runs.
+
+    An attempt that follows a conflict runs alone: it waits until the attempts running now
+    have ended (no new one starts meanwhile), and none starts until it has ended. Otherwise
+    tasks that keep changing the same lines could conflict with each other until they fail.
+    """
 
     def __init__(self) -> None:
         self.until = 0.0  # time.monotonic()
+        self._turns = anyio.Condition()
+        self._side_by_side = 0
+        self._alone = False
+        self._waiting_alone = 0
+
+    @asynccontextmanager
+    async def turn(self, run: Run, *, alone: bool = False) -> AsyncIterator[None]:
+        """Hold a turn for one attempt: side by side with others, or ``alone``."""
+        async with self._turns:
+            if alone:
+                self._waiting_alone += 1
+                try:
+                    await self._wait_while(run, lambda: self._alone or self._side_by_side > 0)
+                finally:
+                    self._waiting_alone -= 1
+                self._alone = True
+            else:
+                await self._wait_while(run, lambda: self._alone or self._waiting_alone > 0)
+                self._side_by_side += 1
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                async with self._turns:
+                    if alone:
+                        self._alone = False
+                    else:
+                        self._side_by_side -= 1
+                    self._turns.notify_all()
+
+    async def _wait_while(self, run: Run, busy: Callable[[], bool]) -> None:
+        """Wait (holding the condition's lock between looks) until not ``busy`` or a stop:
+        a stopped attempt ends at once, so it may as well start."""
+        while busy() and not run.stop.is_requested:
+            with anyio.move_on_after(TURN_POLL):
+                await self._turns.wait()
 
     def hold(self, seconds: float) -> None:
         self.until = max(self.until, time.monotonic() + seconds)
@@ -57,9 +105,16 @@ class Pause:
 
 
 async def attempt_through_limits(
-    worker: Worker, queue: MergeQueue, pause: Pause, spec: Spec, number: int
+    worker: Worker,
+    queue: MergeQueue,
+    pause: Pause,
+    spec: Spec,
+    number: int,
+    *,
+    alone: bool = False,
 ) -> tuple[AttemptOutcome, float]:
-    """Attempt ``number`` of ``spec``, run again while the model API is limited or down.
+    """Attempt ``number`` of ``spec``, run again while the model API is limited or down;
+    ``alone``: with no other worker's attempt running beside it (after a conflict).
 
     Returns the last outcome and what all the runs cost.
     """
@@ -79,7 +134,8 @@ async def attempt_through_limits(
             break  # the wait was cut short by a stop: start no new agent
         await pause.wait(run)
         with trying:
-            outcome = await run_attempt(worker, queue, spec, number)
+            async with pause.turn(run, alone=alone):
+                outcome = await run_attempt(worker, queue, spec, number)
             spent += outcome.report.cost_usd or 0.0
         if trying.retry_state.outcome is not None and not trying.retry_state.outcome.failed:
             trying.retry_state.set_result(outcome)

@@ -60,7 +60,9 @@ async def _run_task(worker: Worker, queue: MergeQueue, pause: Pause, task: Task)
         number, conflicts = await run.claims.attempts_used(task) + 1, 0
         while number <= limit:
             with structlog.contextvars.bound_contextvars(attempt=number):
-                outcome, cost = await attempt_through_limits(worker, queue, pause, spec, number)
+                outcome, cost = await attempt_through_limits(
+                    worker, queue, pause, spec, number, alone=conflicts > 0
+                )
             spent += cost
             if outcome.verdict is not None and outcome.verdict.check is not None:
                 failed_checks[outcome.verdict.check.command] += 1
