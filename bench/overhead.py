@@ -200,7 +200,7 @@ skip=
 for word in "$@"; do
     if [ -n "$skip" ]; then skip=; continue; fi
     case $word in
-        -c|-C) skip=1 ;;
+        -c|-C|--git-dir|--work-tree|--namespace|--exec-path|--config-env) skip=1 ;;
         -*) ;;
         *) sub=$word; break ;;
     esac
