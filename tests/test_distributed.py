@@ -67,7 +67,9 @@ class Fleet:
         return path
 
     def start(self, name: str, *args: str) -> subprocess.Popen[str]:
-        clone = self.clone(name)
+        # A restart after a kill starts ralph in the clone as it was left, as an operator's
+        # supervisor would: no pull of ours (a killed git may have left a lock behind).
+        clone = self.base / name if (self.base / name).exists() else self.clone(name)
         proc = subprocess.Popen(
             [sys.executable, "-m", "ralph", "-C", str(clone), "--log-format", "json", "run", *args],
             stdout=subprocess.PIPE,
