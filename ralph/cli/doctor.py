@@ -18,6 +18,7 @@ from ralph.agents import keys
 from ralph.errors import RalphError
 from ralph.memory.learnings import audit
 from ralph.runtime import sandbox
+from ralph.runtime.atomic import bytes_under
 from ralph.runtime.lock import lock_holder
 from ralph.settings import Settings
 from ralph.vcs import repo
@@ -127,13 +128,7 @@ def _memory(root: Path, settings: Settings) -> Finding:
 
 
 def _ralph_dir(root: Path) -> Finding:
-    total = 0
-    for dirpath, _dirs, files in os.walk(root / repo.STATE_DIR):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                continue
+    total = bytes_under(root / repo.STATE_DIR)
     return Finding(True, ".ralph", f"{total / 1e6:.1f} MB (attempts are pruned: keep_attempts)")
 
 

@@ -16,6 +16,7 @@ from ralph.backlog.snapshot import Backlog, read_backlog
 from ralph.backlog.state import AttemptIntent, StateStore
 from ralph.backlog.tasks import State, Task
 from ralph.memory.learnings import pending_count
+from ralph.runtime.atomic import bytes_under
 from ralph.runtime.lock import lock_holder
 from ralph.settings import Settings
 from ralph.vcs import repo
@@ -93,7 +94,7 @@ def read_status(root: Path, settings: Settings) -> Status:
         git_env.discard()
     holders = _fleet_holders(settings) if settings.queue else {}
     waiting = pending_count(root)
-    return Status(backlog, intents, live, _size(root / repo.STATE_DIR), holders, waiting)
+    return Status(backlog, intents, live, bytes_under(root / repo.STATE_DIR), holders, waiting)
 
 
 def _fleet_holders(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -143,18 +144,6 @@ def queue_view(settings: Settings) -> dict[str, Any] | None:
     except FleetError as exc:
         click.echo(f"ralph: the queue can't be read ({exc}); its figures are not shown", err=True)
         return None
-
-
-def _size(folder: Path) -> int:
-    """Bytes under ``folder`` (ralph's worktrees included), not following symlinks."""
-    total = 0
-    for dirpath, _dirs, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                continue
-    return total
 
 
 def print_status(status: Status, as_json: bool) -> None:

@@ -7,7 +7,6 @@ what a person looks at). Any other folder is removed once it is older than
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import structlog
 from anyio import to_thread
 
 from ralph.engine.worker import Run
+from ralph.runtime.atomic import bytes_under
 
 log = structlog.get_logger("ralph")
 
@@ -47,7 +47,7 @@ def prune_attempts(run: Run, now: float | None = None) -> Pruned:
             continue
         if position < settings.keep_attempts and _mtime(folder) >= cutoff:
             continue
-        size += _size(folder)
+        size += bytes_under(folder)
         shutil.rmtree(folder, ignore_errors=True)
         removed += 1
     for task_dir in root.iterdir():
@@ -93,14 +93,3 @@ def _mtime(folder: Path) -> float:
         return folder.stat().st_mtime
     except OSError:
         return 0.0
-
-
-def _size(folder: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(folder):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                continue
-    return total

@@ -1,4 +1,4 @@
-"""Files that are never half written: write a temporary sibling, fsync, rename."""
+"""Files on disk: written never half (a temporary sibling, fsync, rename), and measured."""
 
 from __future__ import annotations
 
@@ -32,3 +32,16 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def bytes_under(folder: Path) -> int:
+    """Bytes in the files under ``folder``, not following symlinks; files that vanish while
+    it walks count as none."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                continue
+    return total

@@ -25,6 +25,8 @@ from tenacity import (
 )
 
 from ralph.errors import RepositoryError
+from ralph.vcs.land import git_running_in
+from ralph.vcs.trees import status_paths
 
 TASK_TRAILER = "Ralph-Task"
 LEARNINGS_TRAILER = "Ralph-Learnings"
@@ -71,7 +73,7 @@ def survives_index_lock(func: Callable[P, R]) -> Callable[P, R]:
                 raise
             root = Path(str(args[0]))
             lock = Path(git_dir(root)) / "index.lock"
-            if _git_running_in(root):
+            if git_running_in(root):
                 raise RepositoryError(
                     f"{lock} is held by a running git process; stop it or remove the lock"
                 ) from None
@@ -84,20 +86,6 @@ def survives_index_lock(func: Callable[P, R]) -> Callable[P, R]:
 def git_dir(root: Path) -> str:
     with open_repo(root) as repo:
         return str(repo.git_dir)
-
-
-def _git_running_in(root: Path) -> bool:
-    """True when a git process other than ours has its working directory in ``root``."""
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            if (entry / "comm").read_text().strip() != "git":
-                continue
-            cwd = Path(os.readlink(entry / "cwd"))
-        except OSError:
-            continue
-        if cwd == root or root in cwd.parents:
-            return True
-    return False
 
 
 @dataclass(frozen=True)
@@ -187,16 +175,7 @@ def dirty_paths(root: Path, under: str | None = None) -> list[str]:
                 f"git status failed in {root}: {_git_output(exc)[-300:]}; if the index is "
                 "corrupt, `rm .git/index && git reset` rebuilds it and keeps your files"
             ) from None
-    entries = [entry for entry in out.split("\0") if entry]
-    paths: list[str] = []
-    skip = False
-    for entry in entries:
-        if skip:  # the source path of a rename
-            skip = False
-            continue
-        paths.append(entry[3:])
-        skip = entry[0] in "RC"
-    return paths
+    return status_paths(out)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from ralph.runtime.atomic import bytes_under
 from ralph.vcs.gitenv import Git, GitFailed
 
 _WORKTREES = threading.RLock()
@@ -161,6 +162,11 @@ def dirty_paths(git: Git, under: str | None = None) -> list[str]:
     (ignored ones not), run ralph's way: no hook, no fsmonitor an agent planted."""
     pathspec = ["--", f":(top){under}"] if under else []
     out = git.run("status", "--porcelain=v1", "-z", "--untracked-files=all", *pathspec)
+    return status_paths(out)
+
+
+def status_paths(out: str) -> list[str]:
+    """The paths of ``git status --porcelain=v1 -z`` output (of a rename, the new one)."""
     entries = [entry for entry in out.split("\0") if entry]
     paths: list[str] = []
     skip = False
@@ -305,24 +311,13 @@ def save_nested_repositories(
             source = worktree / path
             if not source.is_dir() or source.is_symlink():
                 continue
-            size = _size_of(source)
+            size = bytes_under(source)
             if total + size > cap:
                 continue
             archive.add(source, arcname=path)
             total += size
             kept.append(path)
     return kept
-
-
-def _size_of(path: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                continue
-    return total
 
 
 def _open_new(path: Path) -> IO[bytes]:
