@@ -6,12 +6,13 @@ real endpoint that rejects the key; nothing leaves 127.0.0.1.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from fake_responses_api import send_json, serving
 
 
 class RefusingMessagesAPI:
@@ -38,17 +39,8 @@ class RefusingMessagesAPI:
                     api.requests += 1
                 length = int(self.headers.get("content-length", "0"))
                 self.rfile.read(length)
-                body = json.dumps(
-                    {
-                        "type": "error",
-                        "error": {"type": "authentication_error", "message": "invalid x-api-key"},
-                    }
-                ).encode()
-                self.send_response(401)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                error = {"type": "authentication_error", "message": "invalid x-api-key"}
+                send_json(self, 401, {"type": "error", "error": error})
 
             do_GET = _refuse
             do_POST = _refuse
@@ -57,11 +49,5 @@ class RefusingMessagesAPI:
 
     @contextmanager
     def running(self) -> Iterator[RefusingMessagesAPI]:
-        thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        thread.start()
-        try:
+        with serving(self.server):
             yield self
-        finally:
-            self.server.shutdown()
-            self.server.server_close()
-            thread.join()
