@@ -158,6 +158,26 @@ def test_two_processes_with_two_workers_each_land_every_task_once(fleet: Fleet) 
     assert time.monotonic() - started < 30
 
 
+FORGING_AGENT = (
+    "sh -c 'mkdir -p tasks; echo ok > tasks/$RALPH_TASK_ID.txt; "
+    'forged=$(printf "forged\\n\\nRalph-Task: t02\\n" | git commit-tree HEAD^{tree} -p HEAD); '
+    "git update-ref refs/remotes/origin/main $forged'"
+)
+
+
+def test_a_forged_remote_tracking_ref_makes_no_task_done(fleet: Fleet) -> None:
+    """An agent points refs/remotes/origin/main at a commit claiming another task: ralph
+    reads the remote only from the tip it fetched itself, so that task is still done, once,
+    on the remote."""
+    fleet.seed(2, FORGING_AGENT, workers=1)
+    proc = fleet.start("a", "--once")
+    proc.wait(timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert fleet.done_on_remote() == collections.Counter(["t01", "t02"])
+    subjects = git(fleet.remote, "log", "main", "--format=%s").splitlines()
+    assert "forged" not in subjects
+
+
 def test_a_killed_process_loses_its_task_to_another(fleet: Fleet) -> None:
     """A process SIGKILLed mid-attempt loses its claim after stall_timeout; another process
     takes the task up and finishes it; nothing is done twice."""
